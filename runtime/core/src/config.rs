@@ -1,0 +1,985 @@
+//! The configuration model: plain serde structs, separate from the components they build.
+//!
+//! Loading goes YAML text → `serde_yaml::Value` → environment overrides (`EVMESH_A__B=v` sets
+//! `a.b`) → typed structs → semantic checks. Errors carry their path in the document
+//! (`subscriptions[2].delivery.backoffDelay: invalid ISO-8601 duration "5 s"`) and as many as can
+//! be found are reported at once.
+
+use crate::duration::IsoDuration;
+use serde::{Deserialize, Serialize};
+use serde_yaml::{Mapping, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The default delivery spec of every subscription that has none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP ingest listener.
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// Address of the admin listener (subscriptions API, health).
+    #[serde(default = "default_admin")]
+    pub admin: String,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight deliveries.
+    #[serde(default = "default_shutdown")]
+    pub shutdown_timeout: IsoDuration,
+}
+
+fn default_http() -> String {
+    "127.0.0.1:10105".into()
+}
+fn default_admin() -> String {
+    "127.0.0.1:10106".into()
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_shutdown() -> IsoDuration {
+    IsoDuration(Duration::from_secs(30))
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            http: default_http(),
+            admin: default_admin(),
+            max_body_bytes: default_max_body(),
+            shutdown_timeout: default_shutdown(),
+        }
+    }
+}
+
+/// Where events are kept. Closed set; Kafka and RocketMQ stores join it later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StoreConfig {
+    Embedded(EmbeddedStoreConfig),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Embedded(EmbeddedStoreConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmbeddedStoreConfig {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub fsync: FsyncPolicy,
+    /// With `fsync: interval`, how often the log is flushed to disk.
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval: IsoDuration,
+    /// A segment is closed and a new one started past this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Fully acknowledged segments are kept at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<IsoDuration>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./evmesh-data")
+}
+fn default_fsync_interval() -> IsoDuration {
+    IsoDuration(Duration::from_millis(10))
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        EmbeddedStoreConfig {
+            data_dir: default_data_dir(),
+            fsync: FsyncPolicy::default(),
+            fsync_interval: default_fsync_interval(),
+            segment_bytes: default_segment_bytes(),
+            retention: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync before the publisher gets its 202 (group-committed).
+    #[default]
+    Always,
+    /// fsync every `fsyncInterval`; a power loss may lose the last interval.
+    Interval,
+    /// Leave flushing to the OS; survives a process crash, not a power loss.
+    Never,
+}
+
+/// Knative's DeliverySpec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliverySpec {
+    /// Retries after the first attempt: attempts = 1 + retry.
+    #[serde(default = "default_retry")]
+    pub retry: u32,
+    #[serde(default)]
+    pub backoff_policy: BackoffPolicy,
+    #[serde(default = "default_backoff_delay")]
+    pub backoff_delay: IsoDuration,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: IsoDuration,
+    /// Per-attempt timeout.
+    #[serde(default = "default_timeout")]
+    pub timeout: IsoDuration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_sink: Option<Box<SinkConfig>>,
+}
+
+fn default_retry() -> u32 {
+    10
+}
+fn default_backoff_delay() -> IsoDuration {
+    IsoDuration(Duration::from_millis(200))
+}
+fn default_backoff_max() -> IsoDuration {
+    IsoDuration(Duration::from_secs(30))
+}
+fn default_timeout() -> IsoDuration {
+    IsoDuration(Duration::from_secs(10))
+}
+
+impl Default for DeliverySpec {
+    fn default() -> Self {
+        DeliverySpec {
+            retry: default_retry(),
+            backoff_policy: BackoffPolicy::default(),
+            backoff_delay: default_backoff_delay(),
+            backoff_max: default_backoff_max(),
+            timeout: default_timeout(),
+            dead_letter_sink: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffPolicy {
+    #[default]
+    Exponential,
+    Linear,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub name: String,
+    pub topic: String,
+    /// AND'ed; none means every event of the topic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+    pub sink: SinkConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliverySpec>,
+    /// Topic that events returned by the sink are published to (default: `topic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// Deliveries of this subscription running at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Where a new subscription starts reading its topic.
+    #[serde(default)]
+    pub start: StartPosition,
+}
+
+fn default_max_in_flight() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Deliveries run concurrently with no order guarantee.
+    #[default]
+    None,
+    /// Events with the same `partitionkey` are delivered one at a time, in log order.
+    Key,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    /// Only events published after the subscription was created.
+    #[default]
+    Latest,
+    /// Everything still in the log.
+    Earliest,
+}
+
+/// The CloudEvents Subscriptions API filter dialects. Written as a one-key mapping
+/// (`exact: {type: x}`), in YAML and JSON alike.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterConfig {
+    Exact(BTreeMap<String, String>),
+    Prefix(BTreeMap<String, String>),
+    Suffix(BTreeMap<String, String>),
+    All(Vec<FilterConfig>),
+    Any(Vec<FilterConfig>),
+    Not(Box<FilterConfig>),
+}
+
+const FILTER_DIALECTS: &[&str] = &["exact", "prefix", "suffix", "all", "any", "not"];
+
+impl<'de> Deserialize<'de> for FilterConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FilterConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a filter: a mapping with one key out of {}", FILTER_DIALECTS.join(", "))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FilterConfig, M::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(M::Error::custom(format!(
+                        "empty filter: expected one of {}",
+                        FILTER_DIALECTS.join(", ")
+                    )));
+                };
+                let f = match key.as_str() {
+                    "exact" => FilterConfig::Exact(map.next_value()?),
+                    "prefix" => FilterConfig::Prefix(map.next_value()?),
+                    "suffix" => FilterConfig::Suffix(map.next_value()?),
+                    "all" => FilterConfig::All(map.next_value()?),
+                    "any" => FilterConfig::Any(map.next_value()?),
+                    "not" => FilterConfig::Not(map.next_value()?),
+                    other => {
+                        return Err(M::Error::custom(format!(
+                            "unknown filter dialect {other:?} (known: {})",
+                            FILTER_DIALECTS.join(", ")
+                        )))
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(M::Error::custom(format!(
+                        "a filter has exactly one dialect key; found {key:?} and {extra:?} (combine them with all: [...])"
+                    )));
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Where a subscription's events go. Closed set, tagged by `type:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    Webhook(WebhookSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Webhook(_) => "webhook",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    pub url: String,
+    #[serde(default)]
+    pub mode: HttpMode,
+    /// Extra headers sent with every request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    #[default]
+    Binary,
+    Structured,
+}
+
+/// One configuration problem and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// All the problems found in one document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a configuration document, applying `EVMESH_*` overrides from `env`.
+pub fn load(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    let mut root: Value = if text.trim().is_empty() {
+        Value::Mapping(Mapping::new())
+    } else {
+        serde_yaml::from_str(text)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("invalid YAML: {e}"))]))?
+    };
+    if root.is_null() {
+        root = Value::Mapping(Mapping::new());
+    }
+    apply_env(&mut root, env).map_err(|e| ConfigErrors(vec![e]))?;
+    from_value(root)
+}
+
+/// Deserializes and checks an already-parsed document.
+pub fn from_value(mut root: Value) -> Result<Config, ConfigErrors> {
+    if let Some(store) = root.get_mut("store").and_then(Value::as_mapping_mut) {
+        store
+            .entry(Value::from("type"))
+            .or_insert_with(|| Value::from("embedded"));
+    }
+    match typed::<Config>(root.clone(), "") {
+        Ok(cfg) => {
+            let errors = check(&cfg);
+            if errors.is_empty() {
+                Ok(cfg)
+            } else {
+                Err(ConfigErrors(errors))
+            }
+        }
+        Err(first) => {
+            let mut errors = structural_errors(&root);
+            if errors.is_empty() {
+                errors.push(first);
+            }
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Parses one subscription (the admin API's PUT body) and checks it.
+pub fn subscription_from_value(v: Value) -> Result<SubscriptionConfig, ConfigErrors> {
+    let sub = typed::<SubscriptionConfig>(v.clone(), "").map_err(|first| {
+        let mut errors = Vec::new();
+        subscription_structural_errors(&v, "", &mut errors);
+        if errors.is_empty() {
+            errors.push(first);
+        }
+        ConfigErrors(errors)
+    })?;
+    let mut errors = Vec::new();
+    check_subscription(&sub, "", &mut errors);
+    if errors.is_empty() {
+        Ok(sub)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty()) {
+        (true, _) => rest.to_owned(),
+        (false, true) => base.to_owned(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value, base: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(join(base, &path), e.into_inner().to_string())
+    })
+}
+
+/// Deserializes the document piece by piece so that every broken piece is reported.
+fn structural_errors(root: &Value) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let Some(map) = root.as_mapping() else {
+        errors.push(ConfigError::new("", "the configuration must be a mapping"));
+        return errors;
+    };
+    for (k, v) in map {
+        let key = k.as_str().unwrap_or("?");
+        let r = match key {
+            "server" => typed::<ServerConfig>(v.clone(), key).err(),
+            "store" => typed::<StoreConfig>(v.clone(), key).err(),
+            "delivery" => typed::<DeliverySpec>(v.clone(), key).err(),
+            "subscriptions" => {
+                match v.as_sequence() {
+                    Some(seq) => {
+                        for (i, s) in seq.iter().enumerate() {
+                            subscription_structural_errors(
+                                s,
+                                &format!("subscriptions[{i}]"),
+                                &mut errors,
+                            );
+                        }
+                        None
+                    }
+                    None => Some(ConfigError::new(key, "must be a list of subscriptions")),
+                }
+            }
+            other => Some(ConfigError::new(
+                other,
+                "unknown key (known: server, store, delivery, subscriptions)",
+            )),
+        };
+        errors.extend(r);
+    }
+    errors
+}
+
+fn subscription_structural_errors(v: &Value, base: &str, errors: &mut Vec<ConfigError>) {
+    let Some(map) = v.as_mapping() else {
+        errors.push(ConfigError::new(base, "a subscription must be a mapping"));
+        return;
+    };
+    let mut rest = map.clone();
+    if let Some(d) = rest.remove("delivery") {
+        errors.extend(typed::<DeliverySpec>(d, &join(base, "delivery")).err());
+    }
+    let had_sink = match rest.remove("sink") {
+        Some(s) => {
+            errors.extend(typed::<SinkConfig>(s, &join(base, "sink")).err());
+            true
+        }
+        None => false,
+    };
+    if let Some(f) = rest.remove("filters") {
+        match f.as_sequence() {
+            Some(seq) => {
+                for (i, item) in seq.iter().enumerate() {
+                    errors.extend(
+                        typed::<FilterConfig>(item.clone(), &join(base, &format!("filters[{i}]")))
+                            .err(),
+                    );
+                }
+            }
+            None => errors.push(ConfigError::new(
+                join(base, "filters"),
+                "must be a list of filters",
+            )),
+        }
+    }
+    // Check the remaining keys with a stand-in sink so that only their own errors show.
+    rest.insert(
+        Value::from("sink"),
+        serde_yaml::from_str("{type: webhook, url: 'http://127.0.0.1/'}").unwrap_or(Value::Null),
+    );
+    if let Err(e) = typed::<SubscriptionConfig>(Value::Mapping(rest), base) {
+        errors.push(e);
+    }
+    if !had_sink {
+        errors.push(ConfigError::new(base, "missing field `sink`"));
+    }
+}
+
+/// Semantic checks that serde cannot express.
+pub fn check(cfg: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    if cfg.server.max_body_bytes == 0 {
+        errors.push(ConfigError::new(
+            "server.maxBodyBytes",
+            "must be greater than 0",
+        ));
+    }
+    for (path, addr) in [("server.http", &cfg.server.http), ("server.admin", &cfg.server.admin)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(ConfigError::new(
+                path,
+                format!("invalid listen address {addr:?} (expected IP:PORT such as 127.0.0.1:10105)"),
+            ));
+        }
+    }
+    let StoreConfig::Embedded(store) = &cfg.store;
+    if store.segment_bytes < 4096 {
+        errors.push(ConfigError::new(
+            "store.segmentBytes",
+            "must be at least 4096",
+        ));
+    }
+    if let Some(d) = &cfg.delivery {
+        check_delivery(d, "delivery", &mut errors);
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (i, s) in cfg.subscriptions.iter().enumerate() {
+        let base = format!("subscriptions[{i}]");
+        if names.contains(&s.name.as_str()) {
+            errors.push(ConfigError::new(
+                join(&base, "name"),
+                format!("duplicate subscription name {:?}", s.name),
+            ));
+        }
+        names.push(&s.name);
+        check_subscription(s, &base, &mut errors);
+    }
+    errors
+}
+
+/// Checks one subscription; `base` is its path in the document.
+pub fn check_subscription(s: &SubscriptionConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if let Err(e) = validate_name(&s.name) {
+        errors.push(ConfigError::new(join(base, "name"), e));
+    }
+    if let Err(e) = validate_topic(&s.topic) {
+        errors.push(ConfigError::new(join(base, "topic"), e));
+    }
+    if let Some(r) = &s.reply {
+        if let Err(e) = validate_topic(r) {
+            errors.push(ConfigError::new(join(base, "reply"), e));
+        }
+    }
+    if s.max_in_flight == 0 || s.max_in_flight > 10_000 {
+        errors.push(ConfigError::new(
+            join(base, "maxInFlight"),
+            "must be between 1 and 10000",
+        ));
+    }
+    for (i, f) in s.filters.iter().enumerate() {
+        check_filter(f, &join(base, &format!("filters[{i}]")), errors);
+    }
+    check_sink(&s.sink, &join(base, "sink"), errors);
+    if let Some(d) = &s.delivery {
+        check_delivery(d, &join(base, "delivery"), errors);
+    }
+}
+
+fn check_delivery(d: &DeliverySpec, base: &str, errors: &mut Vec<ConfigError>) {
+    if d.backoff_delay.0.is_zero() {
+        errors.push(ConfigError::new(
+            join(base, "backoffDelay"),
+            "must be greater than zero",
+        ));
+    }
+    if d.backoff_max.0 < d.backoff_delay.0 {
+        errors.push(ConfigError::new(
+            join(base, "backoffMax"),
+            format!(
+                "{} is shorter than backoffDelay {}",
+                d.backoff_max, d.backoff_delay
+            ),
+        ));
+    }
+    if d.timeout.0.is_zero() {
+        errors.push(ConfigError::new(
+            join(base, "timeout"),
+            "must be greater than zero",
+        ));
+    }
+    if let Some(dls) = &d.dead_letter_sink {
+        check_sink(dls, &join(base, "deadLetterSink"), errors);
+    }
+}
+
+fn check_sink(s: &SinkConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    match s {
+        SinkConfig::Webhook(w) => {
+            if let Err(e) = validate_http_url(&w.url) {
+                errors.push(ConfigError::new(join(base, "url"), e));
+            }
+            for name in w.headers.keys() {
+                let ok = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+                if !ok {
+                    errors.push(ConfigError::new(
+                        join(base, &format!("headers.{name}")),
+                        "invalid HTTP header name",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn check_filter(f: &FilterConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    match f {
+        FilterConfig::Exact(m) | FilterConfig::Prefix(m) | FilterConfig::Suffix(m) => {
+            let dialect = match f {
+                FilterConfig::Exact(_) => "exact",
+                FilterConfig::Prefix(_) => "prefix",
+                _ => "suffix",
+            };
+            if m.is_empty() {
+                errors.push(ConfigError::new(
+                    join(base, dialect),
+                    "needs at least one attribute",
+                ));
+            }
+            for (attr, value) in m {
+                if attr.is_empty()
+                    || !attr
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                {
+                    errors.push(ConfigError::new(
+                        join(base, &format!("{dialect}.{attr}")),
+                        "attribute names are lower-case letters and digits",
+                    ));
+                }
+                if dialect != "exact" && value.is_empty() {
+                    errors.push(ConfigError::new(
+                        join(base, &format!("{dialect}.{attr}")),
+                        format!("an empty {dialect} matches everything; remove the filter instead"),
+                    ));
+                }
+            }
+        }
+        FilterConfig::All(v) | FilterConfig::Any(v) => {
+            let dialect = if matches!(f, FilterConfig::All(_)) {
+                "all"
+            } else {
+                "any"
+            };
+            if v.is_empty() {
+                errors.push(ConfigError::new(
+                    join(base, dialect),
+                    "needs at least one filter",
+                ));
+            }
+            for (i, inner) in v.iter().enumerate() {
+                check_filter(inner, &join(base, &format!("{dialect}[{i}]")), errors);
+            }
+        }
+        FilterConfig::Not(inner) => check_filter(inner, &join(base, "not"), errors),
+    }
+}
+
+/// Subscription names: 1-128 of `a-z A-Z 0-9 . _ -`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 {
+        return Err("must be 1 to 128 characters".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "{name:?} may only contain letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Topic names follow Kafka's rules: 1-249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`; names
+/// starting with `__` are evmesh's own.
+pub fn validate_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() || topic.len() > 249 {
+        return Err("a topic name must be 1 to 249 characters".into());
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("{topic:?} is not a valid topic name"));
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "topic {topic:?} may only contain letters, digits, '.', '_' and '-'"
+        ));
+    }
+    if topic.starts_with("__") {
+        return Err(format!(
+            "topic {topic:?}: names starting with \"__\" are reserved for evmesh"
+        ));
+    }
+    Ok(())
+}
+
+/// A webhook target: `http://host[:port][/path]`.
+pub fn validate_http_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: https webhooks are not supported yet (TLS arrives with the security work); use http://"
+        ));
+    } else {
+        return Err(format!("{url:?} is not an http:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if authority.contains('@') {
+        return Err(format!("{url:?}: credentials in the URL are not supported; use headers"));
+    }
+    if url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(format!("{url:?} contains whitespace"));
+    }
+    Ok(())
+}
+
+/// Applies `EVMESH_SECTION__KEY=value` overrides. Each `__`-separated segment names a key
+/// (matched case-insensitively, ignoring `_` and `-`, so `MAX_BODY_BYTES` is `maxBodyBytes`)
+/// or a list index; the value is read as a YAML scalar.
+pub fn apply_env(
+    root: &mut Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("EVMESH_") && k.len() > 7)
+        .collect();
+    vars.sort();
+    for (key, value) in vars {
+        let segments: Vec<&str> = key["EVMESH_".len()..].split("__").collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::new(
+                key.clone(),
+                "empty segment in environment override (use __ between keys)",
+            ));
+        }
+        let parsed: Value = serde_yaml::from_str(&value).unwrap_or(Value::String(value.clone()));
+        let parsed = if parsed.is_null() && !value.trim().is_empty() && value.trim() != "null" {
+            Value::String(value.clone())
+        } else {
+            parsed
+        };
+        set_path(root, &segments, parsed).map_err(|m| ConfigError::new(key.clone(), m))?;
+    }
+    Ok(())
+}
+
+fn normalize(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '_' && *c != '-')
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn camel(segment: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in segment.split('_').filter(|p| !p.is_empty()).enumerate() {
+        let lower = part.to_lowercase();
+        if i == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut cs = lower.chars();
+            if let Some(c) = cs.next() {
+                out.extend(c.to_uppercase());
+                out.push_str(cs.as_str());
+            }
+        }
+    }
+    out
+}
+
+fn set_path(node: &mut Value, segments: &[&str], value: Value) -> Result<(), String> {
+    let Some((first, rest)) = segments.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    if node.is_null() {
+        *node = if first.parse::<usize>().is_ok() {
+            Value::Sequence(Vec::new())
+        } else {
+            Value::Mapping(Mapping::new())
+        };
+    }
+    match node {
+        Value::Sequence(seq) => {
+            let idx: usize = first
+                .parse()
+                .map_err(|_| format!("{first:?} is not a list index"))?;
+            if idx > seq.len() {
+                return Err(format!(
+                    "index {idx} is past the end of a list of {} items",
+                    seq.len()
+                ));
+            }
+            if idx == seq.len() {
+                seq.push(Value::Null);
+            }
+            set_path(&mut seq[idx], rest, value)
+        }
+        Value::Mapping(map) => {
+            let wanted = normalize(first);
+            let existing = map
+                .keys()
+                .find(|k| k.as_str().map(normalize).as_deref() == Some(wanted.as_str()))
+                .cloned();
+            let key = existing.unwrap_or_else(|| Value::from(camel(first)));
+            let slot = map.entry(key).or_insert(Value::Null);
+            set_path(slot, rest, value)
+        }
+        _ => Err(format!("cannot set {first:?} inside a scalar value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_document_gives_defaults() {
+        let cfg = load("", env(&[])).unwrap();
+        assert_eq!(cfg.server.http, "127.0.0.1:10105");
+        assert_eq!(cfg.server.admin, "127.0.0.1:10106");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys() {
+        let cfg = load(
+            "server: {maxBodyBytes: 10}",
+            env(&[
+                ("EVMESH_SERVER__HTTP", "127.0.0.1:0"),
+                ("EVMESH_SERVER__MAX_BODY_BYTES", "2048"),
+                ("EVMESH_STORE__FSYNC", "never"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.http, "127.0.0.1:0");
+        assert_eq!(cfg.server.max_body_bytes, 2048);
+        let StoreConfig::Embedded(s) = cfg.store;
+        assert_eq!(s.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn full_subscription_example_parses() {
+        let text = r#"
+subscriptions:
+  - name: audit
+    topic: orders
+    filters:
+      - exact:  { type: com.example.order.created }
+      - prefix: { source: "shop/" }
+      - any:    [ { suffix: { subject: ".pdf" } }, { exact: { subject: "x" } } ]
+      - not:    { exact: { datacontenttype: text/plain } }
+    sink:
+      type: webhook
+      url: http://127.0.0.1:8080/hook
+      mode: binary
+    delivery:
+      retry: 5
+      backoffPolicy: exponential
+      backoffDelay: PT0.2S
+      backoffMax: PT30S
+      timeout: PT5S
+      deadLetterSink: { type: webhook, url: http://127.0.0.1:8081/dlq }
+"#;
+        let cfg = load(text, env(&[])).unwrap();
+        let s = &cfg.subscriptions[0];
+        assert_eq!(s.filters.len(), 4);
+        assert_eq!(s.delivery.as_ref().unwrap().retry, 5);
+        assert!(matches!(s.filters[2], FilterConfig::Any(ref v) if v.len() == 2));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+subscriptions:
+  - name: a
+    topic: t
+    sink: { type: webhook, url: http://x/ }
+  - name: b
+    topic: t
+    sink: { type: webhok, url: http://x/ }
+  - name: c
+    topic: t
+    sink: { type: webhook, url: http://x/ }
+    delivery: { backoffDelay: "5 s" }
+"#;
+        let errs = load(text, env(&[])).unwrap_err().0;
+        let rendered: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        assert!(
+            rendered
+                .iter()
+                .any(|e| e == "subscriptions[2].delivery.backoffDelay: invalid ISO-8601 duration \"5 s\""),
+            "{rendered:?}"
+        );
+        assert!(
+            rendered.iter().any(|e| e.starts_with("subscriptions[1].sink")),
+            "{rendered:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_are_all_collected() {
+        let text = r#"
+subscriptions:
+  - name: a
+    topic: "bad topic"
+    sink: { type: webhook, url: "ftp://x" }
+  - name: a
+    topic: t
+    sink: { type: webhook, url: http://x/ }
+"#;
+        let errs = load(text, env(&[])).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"subscriptions[0].topic"), "{paths:?}");
+        assert!(paths.contains(&"subscriptions[0].sink.url"), "{paths:?}");
+        assert!(paths.contains(&"subscriptions[1].name"), "{paths:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let errs = load("server: {htp: x}", env(&[])).unwrap_err().0;
+        assert!(errs[0].to_string().contains("htp"), "{errs:?}");
+    }
+}

@@ -1,0 +1,15 @@
+//! evmesh's shared vocabulary: the event, its formats, the component traits, the configuration
+//! model. No network or disk I/O lives here.
+
+pub mod ack;
+pub mod config;
+pub mod duration;
+pub mod event;
+pub mod filter;
+pub mod format;
+pub mod http_binding;
+pub mod sdk;
+pub mod sink;
+
+pub use event::{Data, DataKind, Event, EventError, ExtValue, SpecVersion};
+pub use format::DecodeError;
