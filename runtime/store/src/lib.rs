@@ -1,1 +1,928 @@
+//! The durable event log and the subscription cursors: evmesh's embedded default store.
+//!
+//! # On-disk format
+//!
+//! ```text
+//! <data-dir>/
+//!   topics/<topic>/<base-offset:020>.log      segments of the topic's log
+//!   topics/<topic>/<base>.log.quarantined     a segment found corrupt at start-up, set aside
+//!   subscriptions/<name>/<topic>.cursor.json  a subscription's cursor on one topic
+//!   subscriptions.json                        subscriptions created through the admin API
+//! ```
+//!
+//! A segment is the 8 bytes `EVMLOG01` followed by records, each
+//! `u32 LE payload length | u32 LE CRC-32 (IEEE) of the payload | payload` (see [`codec`] for the
+//! payload). Offsets are dense within a segment, starting at the base offset in the file name;
+//! there may be gaps between segments (after a quarantine), which readers skip.
+//!
+//! # Invariants
+//!
+//! - One writer thread appends; publishers get their answer only after the records are written
+//!   and, with `fsync: always`, `fdatasync`ed. Concurrent publishes share one fsync (group
+//!   commit). Readers never see an offset before it is durable under the configured policy.
+//! - At start-up every segment is scanned. A torn last record of the newest segment (crash
+//!   mid-append; never acknowledged) is cut off. Any other bad record quarantines its segment:
+//!   it is renamed, reported with its byte offset, and the process starts without it. After a
+//!   quarantined newest segment, new offsets start past any offset it could have held, so no
+//!   offset is ever reused.
+//! - A cursor is the first offset not yet finished. Cursor files are replaced atomically
+//!   (write, fsync, rename). A lost cursor update only causes redelivery, never loss.
+//! - A sealed segment is deleted only when every subscription's persisted cursor is past it
+//!   (and it is older than the retention time, if one is set).
 
+pub mod codec;
+mod segment;
+
+use bytes::Bytes;
+use evmesh_core::config::{FsyncPolicy, SubscriptionConfig};
+use evmesh_core::Event;
+use futures_util::future::BoxFuture;
+use segment::{parse_segment_name, scan, segment_name, Damage, Segment, FRAME, MAGIC, MIN_RECORD};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("record of {0} bytes is larger than the 64 MiB record limit")]
+    TooLarge(usize),
+    #[error("invalid state file {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io { context: context.into(), source }
+    }
+}
+
+/// Settings of the embedded store (built from `EmbeddedStoreConfig`).
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: Duration,
+    pub segment_bytes: u64,
+    pub retention: Option<Duration>,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub first: u64,
+    pub count: u64,
+}
+
+/// An event read back with its offset.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub offset: u64,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    pub events: Vec<StoredEvent>,
+    /// Where the next read continues (past gaps and what was returned).
+    pub next: u64,
+}
+
+/// A subscription's position on one topic, plus the attempts already made on events it has
+/// not finished, so that a restart does not reset their retry budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorState {
+    pub committed: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attempts: BTreeMap<u64, u32>,
+}
+
+/// A problem found when the store was opened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreProblem {
+    pub topic: String,
+    pub segment: PathBuf,
+    pub byte_offset: u64,
+    pub record: u64,
+    pub reason: String,
+}
+
+/// What every event store offers the runtime. The embedded log implements it; Kafka- and
+/// RocketMQ-backed stores implement it as well.
+pub trait Store: Send + Sync + 'static {
+    /// Makes the events durable (per the fsync policy) as one unit; resolves only then.
+    fn append(&self, topic: &str, events: &[Event]) -> BoxFuture<'static, Result<AppendAck, StoreError>>;
+    /// Reads up to `max` durable events starting at `from`.
+    fn read(&self, topic: &str, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>>;
+    /// The next offset to be written (the durable end), observable for changes.
+    fn watch_end(&self, topic: &str) -> watch::Receiver<u64>;
+    fn load_cursor(&self, subscription: &str, topic: &str) -> Result<Option<CursorState>, StoreError>;
+    fn save_cursor(&self, subscription: &str, topic: &str, state: &CursorState) -> Result<(), StoreError>;
+    fn delete_subscription_state(&self, subscription: &str) -> Result<(), StoreError>;
+    fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError>;
+    fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError>;
+    /// Drops what every subscription is past (`keep_from` is the lowest cursor).
+    fn collect_garbage(&self, topic: &str, keep_from: u64) -> Result<usize, StoreError>;
+    fn topics(&self) -> Vec<String>;
+    fn problems(&self) -> Vec<StoreProblem>;
+    /// Finishes pending appends and stops the writer.
+    fn close(&self) -> BoxFuture<'static, ()>;
+}
+
+struct SegMeta {
+    base: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    positions: Vec<u32>,
+    end: u64,
+    sealed: bool,
+}
+
+struct Topic {
+    name: String,
+    dir: PathBuf,
+    log: RwLock<Vec<SegMeta>>,
+    end: watch::Sender<u64>,
+}
+
+impl Topic {
+    fn durable_end(&self) -> u64 {
+        *self.end.borrow()
+    }
+}
+
+struct AppendReq {
+    topic: Arc<Topic>,
+    /// Framed records, ready to be written.
+    frames: Vec<u8>,
+    lens: Vec<u32>,
+    reply: oneshot::Sender<Result<AppendAck, StoreError>>,
+}
+
+enum WriterMsg {
+    Append(AppendReq),
+    Close(oneshot::Sender<()>),
+}
+
+struct Inner {
+    opts: StoreOptions,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    writer: mpsc::Sender<WriterMsg>,
+    problems: Mutex<Vec<StoreProblem>>,
+    /// Serializes cursor and registry file writes.
+    state_lock: Mutex<()>,
+}
+
+/// The embedded on-disk store.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+fn lock_poisoned() -> StoreError {
+    StoreError::Corrupt("internal lock poisoned by an earlier panic".into())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store, recovering every topic.
+    pub fn open(opts: StoreOptions) -> Result<Self, StoreError> {
+        let topics_dir = opts.data_dir.join("topics");
+        fs::create_dir_all(&topics_dir)
+            .map_err(|e| StoreError::io(format!("creating {}", topics_dir.display()), e))?;
+        fs::create_dir_all(opts.data_dir.join("subscriptions"))
+            .map_err(|e| StoreError::io("creating the subscriptions directory", e))?;
+        let mut topics = HashMap::new();
+        let mut problems = Vec::new();
+        let entries = fs::read_dir(&topics_dir)
+            .map_err(|e| StoreError::io(format!("listing {}", topics_dir.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("listing topics", e))?;
+            if !entry.path().is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let topic = recover_topic(&name, &entry.path(), &mut problems)?;
+            topics.insert(name, Arc::new(topic));
+        }
+        for p in &problems {
+            tracing::error!(
+                topic = %p.topic, segment = %p.segment.display(), byte_offset = p.byte_offset,
+                record = p.record, reason = %p.reason,
+                "corrupt segment quarantined; its events are not delivered (inspect with `evmesh fsck`)"
+            );
+        }
+        let (tx, rx) = mpsc::channel(8192);
+        let inner = Arc::new(Inner {
+            opts,
+            topics: RwLock::new(topics),
+            writer: tx,
+            problems: Mutex::new(problems),
+            state_lock: Mutex::new(()),
+        });
+        let w = Writer {
+            opts: inner.opts.clone(),
+            active: HashMap::new(),
+        };
+        std::thread::Builder::new()
+            .name("evmesh-log-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| StoreError::io("starting the log writer thread", e))?;
+        Ok(EmbeddedStore { inner })
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
+        if let Some(t) = self.inner.topics.read().map_err(|_| lock_poisoned())?.get(name) {
+            return Ok(t.clone());
+        }
+        let mut topics = self.inner.topics.write().map_err(|_| lock_poisoned())?;
+        if let Some(t) = topics.get(name) {
+            return Ok(t.clone());
+        }
+        let dir = self.inner.opts.data_dir.join("topics").join(name);
+        let t = Arc::new(Topic {
+            name: name.to_owned(),
+            dir,
+            log: RwLock::new(Vec::new()),
+            end: watch::channel(0).0,
+        });
+        topics.insert(name.to_owned(), t.clone());
+        Ok(t)
+    }
+
+    fn cursor_path(&self, sub: &str, topic: &str) -> PathBuf {
+        self.inner
+            .opts
+            .data_dir
+            .join("subscriptions")
+            .join(sub)
+            .join(format!("{topic}.cursor.json"))
+    }
+
+    /// Blocking read; see [`Store::read`].
+    pub fn read_blocking(&self, topic: &str, from: u64, max: usize) -> Result<ReadBatch, StoreError> {
+        let t = self.topic(topic)?;
+        read_topic(&t, from, max)
+    }
+}
+
+fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, StoreError> {
+    let durable = t.durable_end();
+    let (seg, from, to) = {
+        let log = t.log.read().map_err(|_| lock_poisoned())?;
+        let mut from = from;
+        let mut found = None;
+        for s in log.iter() {
+            let next = s.base + s.positions.len() as u64;
+            if from < s.base {
+                from = s.base; // a gap (deleted or quarantined): skip ahead
+            }
+            if from < next {
+                found = Some(s);
+                break;
+            }
+        }
+        let Some(s) = found else {
+            return Ok(ReadBatch { events: Vec::new(), next: from });
+        };
+        let to = (s.base + s.positions.len() as u64).min(durable).min(from + max as u64);
+        if to <= from {
+            return Ok(ReadBatch { events: Vec::new(), next: from });
+        }
+        let snapshot = Segment {
+            base: s.base,
+            path: s.path.clone(),
+            file: s.file.clone(),
+            positions: s.positions[(from - s.base) as usize..(to - s.base) as usize].to_vec(),
+            end: s
+                .positions
+                .get((to - s.base) as usize)
+                .map(|p| u64::from(*p))
+                .unwrap_or(s.end),
+        };
+        (snapshot, from, to)
+    };
+    // `seg` holds only the positions of [from, to), rebased.
+    let seg = Segment { base: from, ..seg };
+    let raw = seg.read_range(from, to)?;
+    let mut events = Vec::with_capacity(raw.len());
+    for (offset, payload) in raw {
+        let event = codec::decode(&payload)
+            .map_err(|e| StoreError::Corrupt(format!("{} offset {offset}: {e}", t.name)))?;
+        events.push(StoredEvent { offset, event });
+    }
+    Ok(ReadBatch { events, next: to })
+}
+
+fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Result<Topic, StoreError> {
+    let mut bases: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))? {
+        let entry = entry.map_err(|e| StoreError::io("listing segments", e))?;
+        let fname = entry.file_name().to_string_lossy().into_owned();
+        if let Some(base) = parse_segment_name(&fname) {
+            bases.push((base, entry.path()));
+        }
+    }
+    bases.sort();
+    let mut segs = Vec::new();
+    let mut quarantined: Vec<u64> = Vec::new();
+    let count = bases.len();
+    for (i, (base, path)) in bases.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let sc = scan(&path, base).map_err(|e| StoreError::io(format!("scanning {}", path.display()), e))?;
+        match &sc.damage {
+            Some(Damage::TornTail { byte_offset }) if last => {
+                tracing::warn!(segment = %path.display(), byte_offset, "cutting off a torn record left by a crash");
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+                let keep = sc.valid_end.max(MAGIC.len() as u64);
+                f.set_len(keep).map_err(|e| StoreError::io("truncating a torn record", e))?;
+                if sc.file_len < MAGIC.len() as u64 {
+                    (&f).write_all(MAGIC).map_err(|e| StoreError::io("rewriting a segment header", e))?;
+                }
+                f.sync_all().map_err(|e| StoreError::io("syncing a repaired segment", e))?;
+            }
+            Some(d) => {
+                let (byte_offset, record, reason) = match d {
+                    Damage::TornTail { byte_offset } => (
+                        *byte_offset,
+                        base + sc.positions.len() as u64,
+                        "incomplete record inside a sealed segment".to_owned(),
+                    ),
+                    Damage::Corrupt { byte_offset, record, reason } => (*byte_offset, *record, reason.clone()),
+                };
+                let q = path.with_extension("log.quarantined");
+                fs::rename(&path, &q).map_err(|e| StoreError::io(format!("quarantining {}", path.display()), e))?;
+                problems.push(StoreProblem {
+                    topic: name.to_owned(),
+                    segment: path.clone(),
+                    byte_offset,
+                    record,
+                    reason,
+                });
+                // No offset this segment could have held is ever handed out again: a record
+                // takes at least MIN_RECORD bytes, which bounds how many it held.
+                quarantined.push(base + sc.file_len / MIN_RECORD + 1);
+                continue;
+            }
+            None => {}
+        }
+        let file = File::open(&path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let end = sc.valid_end.max(MAGIC.len() as u64);
+        quarantined.clear(); // a valid segment after them bounds their offsets already
+        segs.push(SegMeta { base, path, file: Arc::new(file), positions: sc.positions, end, sealed: !last });
+    }
+    let next = segs
+        .last()
+        .map(|s: &SegMeta| s.base + s.positions.len() as u64)
+        .unwrap_or(0)
+        .max(quarantined.iter().copied().max().unwrap_or(0));
+    if let Some(last) = segs.last_mut() {
+        if last.base + (last.positions.len() as u64) < next {
+            last.sealed = true; // new appends must start past the quarantined range
+        }
+    }
+    Ok(Topic {
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        log: RwLock::new(segs),
+        end: watch::channel(next).0,
+    })
+}
+
+/// The writer's state for a topic's newest segment.
+struct Active {
+    base: u64,
+    file: File,
+    size: u64,
+    next: u64,
+}
+
+struct Writer {
+    opts: StoreOptions,
+    active: HashMap<String, Active>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the log writer");
+                return;
+            }
+        };
+        let mut dirty: Vec<File> = Vec::new();
+        let mut last_sync = Instant::now();
+        rt.block_on(async {
+            loop {
+                let msg = if self.opts.fsync == FsyncPolicy::Interval && !dirty.is_empty() {
+                    let wait = self.opts.fsync_interval.saturating_sub(last_sync.elapsed());
+                    match tokio::time::timeout(wait, rx.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            sync_all(&mut dirty);
+                            last_sync = Instant::now();
+                            continue;
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                };
+                let Some(first) = msg else { break };
+                let mut batch = Vec::new();
+                let mut close = None;
+                match first {
+                    WriterMsg::Append(r) => batch.push(r),
+                    WriterMsg::Close(tx) => close = Some(tx),
+                }
+                while close.is_none() && batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(WriterMsg::Append(r)) => batch.push(r),
+                        Ok(WriterMsg::Close(tx)) => close = Some(tx),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    self.commit(batch, &mut dirty);
+                    if self.opts.fsync == FsyncPolicy::Interval && last_sync.elapsed() >= self.opts.fsync_interval {
+                        sync_all(&mut dirty);
+                        last_sync = Instant::now();
+                    }
+                }
+                if let Some(tx) = close {
+                    sync_all(&mut dirty);
+                    let _ = tx.send(());
+                    break;
+                }
+            }
+        });
+        sync_all(&mut dirty);
+    }
+
+    fn active_for(&mut self, t: &Topic) -> Result<&mut Active, StoreError> {
+        if !self.active.contains_key(&t.name) {
+            fs::create_dir_all(&t.dir).map_err(|e| StoreError::io(format!("creating {}", t.dir.display()), e))?;
+            let next = t.durable_end();
+            let reuse = {
+                let log = t.log.read().map_err(|_| lock_poisoned())?;
+                log.last().filter(|s| !s.sealed).map(|s| (s.base, s.path.clone(), s.end))
+            };
+            let a = match reuse {
+                Some((base, path, end)) => {
+                    let file = OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+                    Active { base, file, size: end, next }
+                }
+                None => self.create_segment(t, next)?,
+            };
+            self.active.insert(t.name.clone(), a);
+        }
+        self.active
+            .get_mut(&t.name)
+            .ok_or_else(|| StoreError::Corrupt("writer state vanished".into()))
+    }
+
+    fn create_segment(&self, t: &Topic, base: u64) -> Result<Active, StoreError> {
+        let path = t.dir.join(segment_name(base));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        file.write_all(MAGIC).map_err(|e| StoreError::io("writing a segment header", e))?;
+        if self.opts.fsync == FsyncPolicy::Always {
+            file.sync_all().map_err(|e| StoreError::io("syncing a new segment", e))?;
+            if let Ok(d) = File::open(&t.dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let read = File::open(&path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let mut log = t.log.write().map_err(|_| lock_poisoned())?;
+        if let Some(last) = log.last_mut() {
+            last.sealed = true;
+        }
+        log.push(SegMeta {
+            base,
+            path,
+            file: Arc::new(read),
+            positions: Vec::new(),
+            end: MAGIC.len() as u64,
+            sealed: false,
+        });
+        Ok(Active { base, file, size: MAGIC.len() as u64, next: base })
+    }
+
+    /// Writes one group of appends, syncs once, then answers every publisher.
+    fn commit(&mut self, batch: Vec<AppendReq>, dirty: &mut Vec<File>) {
+        // topic -> (segment base -> new positions, new end)
+        let mut index: Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)> = Vec::new();
+        let mut results: Vec<Result<AppendAck, StoreError>> = Vec::with_capacity(batch.len());
+        let mut to_sync: Vec<File> = Vec::new();
+        for req in &batch {
+            results.push(self.write_one(req, &mut index, &mut to_sync));
+        }
+        if self.opts.fsync == FsyncPolicy::Always {
+            for f in &to_sync {
+                if let Err(e) = f.sync_data() {
+                    // Nothing of this group can be called durable.
+                    tracing::error!(error = %e, "fdatasync failed; failing the publishes of this group");
+                    for r in results.iter_mut() {
+                        if r.is_ok() {
+                            *r = Err(StoreError::io("fdatasync", std::io::Error::new(e.kind(), e.to_string())));
+                        }
+                    }
+                    // Forget the writer state so the next append re-reads the file end.
+                    self.active.clear();
+                    index.clear();
+                    break;
+                }
+            }
+        } else {
+            dirty.extend(to_sync);
+        }
+        for (topic, updates, next) in index {
+            if let Ok(mut log) = topic.log.write() {
+                for (base, positions, end) in updates {
+                    if let Some(s) = log.iter_mut().rev().find(|s| s.base == base) {
+                        s.positions.extend_from_slice(&positions);
+                        s.end = end;
+                    }
+                }
+            }
+            topic.end.send_replace(next);
+        }
+        for (req, r) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(r);
+        }
+    }
+
+    fn write_one(
+        &mut self,
+        req: &AppendReq,
+        index: &mut Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>,
+        to_sync: &mut Vec<File>,
+    ) -> Result<AppendAck, StoreError> {
+        let seg_limit = self.opts.segment_bytes;
+        let t = req.topic.clone();
+        let first = self.active_for(&t)?.next;
+        let mut p = 0usize;
+        let mut i = 0usize;
+        while i < req.lens.len() {
+            // Take as many records as fit in the current segment (at least one).
+            let a = self.active_for(&t)?;
+            let mut j = i;
+            let mut bytes = 0u64;
+            while j < req.lens.len() {
+                let rec = (FRAME + req.lens[j] as usize) as u64;
+                if j > i && a.size + bytes + rec > seg_limit {
+                    break;
+                }
+                if j == i && a.size + rec > seg_limit && a.size > MAGIC.len() as u64 {
+                    break;
+                }
+                bytes += rec;
+                j += 1;
+            }
+            if j == i {
+                let next = a.next;
+                let fresh = self.create_segment(&t, next)?;
+                if let Some(old) = self.active.insert(t.name.clone(), fresh) {
+                    to_sync.push(old.file);
+                }
+                continue;
+            }
+            let a = self.active_for(&t)?;
+            let chunk = &req.frames[p..p + bytes as usize];
+            if let Err(e) = a.file.write_all(chunk) {
+                let _ = a.file.set_len(a.size);
+                self.active.remove(&t.name);
+                return Err(StoreError::io(format!("appending to topic {}", t.name), e));
+            }
+            let mut positions = Vec::with_capacity(j - i);
+            let mut pos = a.size;
+            for k in i..j {
+                positions.push(pos as u32);
+                pos += (FRAME + req.lens[k] as usize) as u64;
+            }
+            a.size = pos;
+            a.next += (j - i) as u64;
+            let (base, end, next) = (a.base, a.size, a.next);
+            if let Ok(f) = a.file.try_clone() {
+                to_sync.push(f);
+            }
+            let entry = match index.iter_mut().position(|(tt, _, _)| Arc::ptr_eq(tt, &t)) {
+                Some(k) => &mut index[k],
+                None => {
+                    index.push((t.clone(), Vec::new(), next));
+                    let k = index.len() - 1;
+                    &mut index[k]
+                }
+            };
+            match entry.1.iter_mut().find(|(b, _, _)| *b == base) {
+                Some(u) => {
+                    u.1.extend(positions);
+                    u.2 = end;
+                }
+                None => entry.1.push((base, positions, end)),
+            }
+            entry.2 = next;
+            p += bytes as usize;
+            i = j;
+        }
+        Ok(AppendAck { first, count: req.lens.len() as u64 })
+    }
+}
+
+fn sync_all(dirty: &mut Vec<File>) {
+    for f in dirty.drain(..) {
+        if let Err(e) = f.sync_data() {
+            tracing::error!(error = %e, "background fdatasync failed");
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+    f.write_all(bytes).map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
+    f.sync_data().map_err(|e| StoreError::io(format!("syncing {}", tmp.display()), e))?;
+    fs::rename(&tmp, path).map_err(|e| StoreError::io(format!("renaming {}", tmp.display()), e))
+}
+
+impl Store for EmbeddedStore {
+    fn append(&self, topic: &str, events: &[Event]) -> BoxFuture<'static, Result<AppendAck, StoreError>> {
+        let mut frames = Vec::with_capacity(events.len() * 256);
+        let mut lens = Vec::with_capacity(events.len());
+        let mut payload = Vec::with_capacity(512);
+        for e in events {
+            payload.clear();
+            codec::encode(e, &mut payload);
+            if payload.len() > segment::MAX_RECORD {
+                let n = payload.len();
+                return Box::pin(async move { Err(StoreError::TooLarge(n)) });
+            }
+            frames.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            frames.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            frames.extend_from_slice(&payload);
+            lens.push(payload.len() as u32);
+        }
+        let topic = self.topic(topic);
+        let writer = self.inner.writer.clone();
+        Box::pin(async move {
+            let topic = topic?;
+            if lens.is_empty() {
+                return Ok(AppendAck { first: topic.durable_end(), count: 0 });
+            }
+            let (reply, rx) = oneshot::channel();
+            writer
+                .send(WriterMsg::Append(AppendReq { topic, frames, lens, reply }))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn read(&self, topic: &str, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
+        let t = self.topic(topic);
+        Box::pin(async move {
+            let t = t?;
+            tokio::task::spawn_blocking(move || read_topic(&t, from, max))
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("read task failed: {e}")))?
+        })
+    }
+
+    fn watch_end(&self, topic: &str) -> watch::Receiver<u64> {
+        match self.topic(topic) {
+            Ok(t) => t.end.subscribe(),
+            Err(_) => watch::channel(0).1,
+        }
+    }
+
+    fn load_cursor(&self, subscription: &str, topic: &str) -> Result<Option<CursorState>, StoreError> {
+        let path = self.cursor_path(subscription, topic);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| StoreError::State { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn save_cursor(&self, subscription: &str, topic: &str, state: &CursorState) -> Result<(), StoreError> {
+        let path = self.cursor_path(subscription, topic);
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::State { path: path.clone(), reason: e.to_string() })?;
+        let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
+        write_atomic(&path, &bytes)
+    }
+
+    fn delete_subscription_state(&self, subscription: &str) -> Result<(), StoreError> {
+        let dir = self.inner.opts.data_dir.join("subscriptions").join(subscription);
+        let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("removing {}", dir.display()), e)),
+        }
+    }
+
+    fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError> {
+        let path = self.inner.opts.data_dir.join("subscriptions.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::State { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError> {
+        let path = self.inner.opts.data_dir.join("subscriptions.json");
+        let bytes = serde_json::to_vec_pretty(subs)
+            .map_err(|e| StoreError::State { path: path.clone(), reason: e.to_string() })?;
+        let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
+        write_atomic(&path, &bytes)
+    }
+
+    fn collect_garbage(&self, topic: &str, keep_from: u64) -> Result<usize, StoreError> {
+        let t = self.topic(topic)?;
+        let retention = self.inner.opts.retention;
+        let now = SystemTime::now();
+        let doomed: Vec<PathBuf> = {
+            let mut log = t.log.write().map_err(|_| lock_poisoned())?;
+            let mut doomed = Vec::new();
+            while log.len() > 1 {
+                let s = &log[0];
+                let next = s.base + s.positions.len() as u64;
+                let old_enough = match retention {
+                    None => true,
+                    Some(r) => fs::metadata(&s.path)
+                        .and_then(|m| m.modified())
+                        .map(|m| now.duration_since(m).unwrap_or_default() >= r)
+                        .unwrap_or(false),
+                };
+                if s.sealed && next <= keep_from && old_enough {
+                    doomed.push(log.remove(0).path);
+                } else {
+                    break;
+                }
+            }
+            doomed
+        };
+        for p in &doomed {
+            if let Err(e) = fs::remove_file(p) {
+                tracing::warn!(segment = %p.display(), error = %e, "could not delete an acknowledged segment");
+            } else {
+                tracing::debug!(segment = %p.display(), "deleted a fully acknowledged segment");
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    fn topics(&self) -> Vec<String> {
+        self.inner
+            .topics
+            .read()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn problems(&self) -> Vec<StoreProblem> {
+        self.inner.problems.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let writer = self.inner.writer.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            if writer.send(WriterMsg::Close(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+/// What `evmesh fsck` found in one store, without changing anything.
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    pub segments: usize,
+    pub records: u64,
+    pub torn_tails: Vec<StoreProblem>,
+    pub corrupt: Vec<StoreProblem>,
+    pub quarantined: Vec<PathBuf>,
+    pub bad_state_files: Vec<String>,
+}
+
+impl FsckReport {
+    /// Torn tails are repaired at start-up and are not errors.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.quarantined.is_empty() && self.bad_state_files.is_empty()
+    }
+}
+
+/// Checks a store offline: every segment's frames and CRCs, every state file.
+pub fn fsck(data_dir: &Path) -> Result<FsckReport, StoreError> {
+    let mut report = FsckReport::default();
+    let topics_dir = data_dir.join("topics");
+    if !topics_dir.is_dir() {
+        return Err(StoreError::State {
+            path: topics_dir,
+            reason: "not an evmesh data directory (no topics/ folder)".into(),
+        });
+    }
+    let mut topic_dirs: Vec<_> = fs::read_dir(&topics_dir)
+        .map_err(|e| StoreError::io("listing topics", e))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .collect();
+    topic_dirs.sort_by_key(|e| e.file_name());
+    for td in topic_dirs {
+        let topic = td.file_name().to_string_lossy().into_owned();
+        let mut segs: Vec<(u64, PathBuf)> = Vec::new();
+        for e in fs::read_dir(td.path()).map_err(|e| StoreError::io("listing segments", e))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".quarantined") {
+                report.quarantined.push(e.path());
+            } else if let Some(b) = parse_segment_name(&name) {
+                segs.push((b, e.path()));
+            }
+        }
+        segs.sort();
+        let n = segs.len();
+        for (i, (base, path)) in segs.into_iter().enumerate() {
+            let sc = scan(&path, base).map_err(|e| StoreError::io(format!("scanning {}", path.display()), e))?;
+            report.segments += 1;
+            report.records += sc.positions.len() as u64;
+            let problem = |byte_offset, record, reason: String| StoreProblem {
+                topic: topic.clone(),
+                segment: path.clone(),
+                byte_offset,
+                record,
+                reason,
+            };
+            match sc.damage {
+                Some(Damage::TornTail { byte_offset }) if i + 1 == n => report.torn_tails.push(problem(
+                    byte_offset,
+                    base + sc.positions.len() as u64,
+                    "torn last record (cut off at next start)".into(),
+                )),
+                Some(Damage::TornTail { byte_offset }) => report.corrupt.push(problem(
+                    byte_offset,
+                    base + sc.positions.len() as u64,
+                    "incomplete record inside a sealed segment".into(),
+                )),
+                Some(Damage::Corrupt { byte_offset, record, reason }) => {
+                    report.corrupt.push(problem(byte_offset, record, reason))
+                }
+                None => {}
+            }
+        }
+    }
+    let subs_dir = data_dir.join("subscriptions");
+    if let Ok(subs) = fs::read_dir(&subs_dir) {
+        for s in subs.flatten() {
+            for f in fs::read_dir(s.path()).into_iter().flatten().flatten() {
+                let ok = fs::read(f.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<CursorState>(&b).ok())
+                    .is_some();
+                if !ok && f.path().extension().is_some_and(|e| e == "json") {
+                    report.bad_state_files.push(f.path().display().to_string());
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Helper for tests and tools: the raw payload bytes of an event.
+pub fn encode_event(e: &Event) -> Bytes {
+    let mut v = Vec::new();
+    codec::encode(e, &mut v);
+    Bytes::from(v)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+use super::*;
+use evmesh_core::{Data, ExtValue};
+use proptest::prelude::*;
+
+fn opts(dir: &Path, segment_bytes: u64) -> StoreOptions {
+    StoreOptions {
+        data_dir: dir.to_owned(),
+        fsync: FsyncPolicy::Always,
+        fsync_interval: Duration::from_millis(5),
+        segment_bytes,
+        retention: None,
+    }
+}
+
+fn ev(i: usize) -> Event {
+    let mut e = Event::new(format!("id-{i}"), "/test", "t");
+    e.set_extension("seq", ExtValue::Integer(i as i64));
+    e.data = Some(Data::binary(vec![b'x'; 100]));
+    e
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn read_all(s: &EmbeddedStore, topic: &str) -> Vec<StoredEvent> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let b = s.read_blocking(topic, from, 1000).unwrap();
+        if b.events.is_empty() {
+            return out;
+        }
+        from = b.next;
+        out.extend(b.events);
+    }
+}
+
+#[test]
+fn appends_are_read_back_in_order_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        for chunk in 0..10 {
+            let events: Vec<Event> = (chunk * 10..chunk * 10 + 10).map(ev).collect();
+            let ack = s.append("orders", &events).await.unwrap();
+            assert_eq!(ack.first, chunk as u64 * 10);
+        }
+        let all = read_all(&s, "orders");
+        assert_eq!(all.len(), 100);
+        for (i, se) in all.iter().enumerate() {
+            assert_eq!(se.offset, i as u64);
+            assert_eq!(se.event, ev(i));
+        }
+        s.close().await;
+    });
+    let segs = fs::read_dir(dir.path().join("topics/orders")).unwrap().count();
+    assert!(segs > 2, "expected several segments, got {segs}");
+}
+
+#[test]
+fn reopening_continues_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rt();
+    r.block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        s.append("t", &[ev(0), ev(1)]).await.unwrap();
+        s.close().await;
+        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        assert_eq!(*s.watch_end("t").borrow(), 2);
+        let ack = s.append("t", &[ev(2)]).await.unwrap();
+        assert_eq!(ack.first, 2);
+        assert_eq!(read_all(&s, "t").len(), 3);
+        s.close().await;
+    });
+}
+
+#[test]
+fn torn_tail_is_cut_off_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rt();
+    r.block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        s.append("t", &[ev(0), ev(1)]).await.unwrap();
+        s.close().await;
+    });
+    let seg = dir.path().join("topics/t").join(segment_name(0));
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap(); // a frame promising 200 bytes
+    drop(f);
+    r.block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        assert!(s.problems().is_empty());
+        assert_eq!(s.append("t", &[ev(2)]).await.unwrap().first, 2);
+        let all = read_all(&s, "t");
+        assert_eq!(all.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+        s.close().await;
+    });
+}
+
+#[test]
+fn corrupt_record_quarantines_segment_and_fsck_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = rt();
+    r.block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        for i in 0..60 {
+            s.append("t", &[ev(i)]).await.unwrap();
+        }
+        s.close().await;
+    });
+    // Flip a byte inside the first record's payload of the first segment.
+    let seg = dir.path().join("topics/t").join(segment_name(0));
+    let mut bytes = fs::read(&seg).unwrap();
+    bytes[MAGIC.len() + FRAME + 3] ^= 0xff;
+    fs::write(&seg, &bytes).unwrap();
+
+    let report = fsck(dir.path()).unwrap();
+    assert_eq!(report.corrupt.len(), 1, "{report:?}");
+    assert_eq!(report.corrupt[0].byte_offset, MAGIC.len() as u64);
+    assert!(!report.is_clean());
+
+    r.block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        let p = s.problems();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].record, 0);
+        let all = read_all(&s, "t");
+        assert!(!all.is_empty() && all.len() < 60);
+        assert!(all[0].offset > 0, "reads skip the quarantined range");
+        let next = s.append("t", &[ev(99)]).await.unwrap().first;
+        assert_eq!(next, 60, "the segment after the quarantined one bounds the offsets");
+        s.close().await;
+    });
+    let report = fsck(dir.path()).unwrap();
+    assert_eq!(report.quarantined.len(), 1);
+}
+
+#[test]
+fn concurrent_appends_share_commits_and_get_distinct_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move { s.append("t", &[ev(i)]).await.unwrap().first }));
+        }
+        let mut offsets = Vec::new();
+        for t in tasks {
+            offsets.push(t.await.unwrap());
+        }
+        offsets.sort();
+        assert_eq!(offsets, (0..200).collect::<Vec<u64>>());
+        s.close().await;
+    });
+}
+
+#[test]
+fn garbage_collection_keeps_what_a_cursor_still_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        for i in 0..100 {
+            s.append("t", &[ev(i)]).await.unwrap();
+        }
+        assert_eq!(s.collect_garbage("t", 0).unwrap(), 0);
+        let removed = s.collect_garbage("t", 50).unwrap();
+        assert!(removed > 0);
+        let all = read_all(&s, "t");
+        assert!(all[0].offset <= 50, "offset 50 must still be readable");
+        assert_eq!(all.last().unwrap().offset, 99);
+        s.close().await;
+    });
+}
+
+#[test]
+fn cursors_and_api_subscriptions_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+    let mut c = CursorState { committed: 42, ..Default::default() };
+    c.attempts.insert(43, 3);
+    s.save_cursor("sub", "t", &c).unwrap();
+    assert_eq!(s.load_cursor("sub", "t").unwrap(), Some(c));
+    assert_eq!(s.load_cursor("other", "t").unwrap(), None);
+    s.delete_subscription_state("sub").unwrap();
+    assert_eq!(s.load_cursor("sub", "t").unwrap(), None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+    #[test]
+    fn log_matches_a_vec_model(batches in proptest::collection::vec(1usize..20, 1..15), reopen_at in 0usize..15) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = rt();
+        let mut model: Vec<Event> = Vec::new();
+        let mut s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        for (k, n) in batches.iter().enumerate() {
+            if k == reopen_at {
+                r.block_on(s.close());
+                s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+            }
+            let events: Vec<Event> = (model.len()..model.len() + n).map(ev).collect();
+            let ack = r.block_on(s.append("m", &events)).unwrap();
+            prop_assert_eq!(ack.first, model.len() as u64);
+            model.extend(events);
+        }
+        let got: Vec<Event> = read_all(&s, "m").into_iter().map(|e| e.event).collect();
+        prop_assert_eq!(got, model);
+        r.block_on(s.close());
+    }
+}
