@@ -1,1 +1,228 @@
+//! The webhook sink: delivers one CloudEvent per HTTP POST, in binary or structured mode.
+//!
+//! Any 2xx is success; a 2xx that carries a CloudEvent is a reply. `429` and `503` honour
+//! `Retry-After`; `408`, other 5xx, timeouts and connection errors are retried; other 4xx are
+//! not, and go to the dead-letter path.
 
+use bytes::Bytes;
+use evmesh_core::config::{HttpMode, WebhookSinkConfig};
+use evmesh_core::sink::{Delivered, RetryHint, Sink, SinkError};
+use evmesh_core::{format, http_binding, Event};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Replies larger than this are refused.
+const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+/// `Retry-After` is honoured up to this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("invalid webhook url {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("invalid header {name:?}: {reason}")]
+    Header { name: String, reason: String },
+}
+
+pub struct WebhookSink {
+    uri: Uri,
+    mode: HttpMode,
+    headers: HeaderMap,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl WebhookSink {
+    pub fn new(cfg: &WebhookSinkConfig) -> Result<Self, WebhookError> {
+        let uri: Uri = cfg.url.parse().map_err(|e: http::uri::InvalidUri| WebhookError::Url {
+            url: cfg.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(WebhookError::Url { url: cfg.url.clone(), reason: "expected http://host[:port]/path".into() });
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| WebhookError::Header { name: k.clone(), reason: e.to_string() })?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| WebhookError::Header { name: k.clone(), reason: e.to_string() })?;
+            headers.insert(name, value);
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(WebhookSink { uri, mode: cfg.mode, headers, client })
+    }
+
+    fn request(&self, e: &Event) -> Result<Request<Full<Bytes>>, SinkError> {
+        let mut b = Request::post(self.uri.clone());
+        let mut bad = None;
+        if let Some(h) = b.headers_mut() {
+            h.extend(self.headers.clone());
+            let body = match self.mode {
+                HttpMode::Binary => {
+                    http_binding::encode_binary_headers(e, |name, value| {
+                        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::try_from(value)) {
+                            (Ok(n), Ok(v)) => {
+                                h.insert(n, v);
+                            }
+                            _ => bad = Some(name.to_owned()),
+                        }
+                    });
+                    e.data.as_ref().map(|d| d.bytes.clone()).unwrap_or_default()
+                }
+                HttpMode::Structured => {
+                    h.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/cloudevents+json; charset=utf-8"),
+                    );
+                    let mut out = Vec::with_capacity(256);
+                    format::encode_structured(e, &mut out);
+                    Bytes::from(out)
+                }
+            };
+            if let Some(name) = bad {
+                return Err(SinkError::not_retryable(format!("cannot encode header {name} for HTTP")));
+            }
+            return b
+                .body(Full::new(body))
+                .map_err(|err| SinkError::not_retryable(format!("building the request: {err}")));
+        }
+        Err(SinkError::not_retryable("building the request failed"))
+    }
+
+    async fn attempt(&self, e: &Event) -> Result<Delivered, SinkError> {
+        let req = self.request(e)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|err| SinkError::retryable(format!("POST {}: {}", self.uri, error_chain(&err))))?;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        if status.is_success() {
+            let body = Limited::new(body, MAX_REPLY_BYTES)
+                .collect()
+                .await
+                .map_err(|err| SinkError::retryable(format!("reading the response of {}: {err}", self.uri)))?
+                .to_bytes();
+            let reply = decode_reply(&parts.headers, body)
+                .map_err(|msg| SinkError::not_retryable(format!("invalid reply event from {}: {msg}", self.uri)).with_status(status.as_u16()))?;
+            return Ok(Delivered { reply });
+        }
+        // Drain a little of the body so the connection can be reused; ignore failures.
+        let _ = tokio::time::timeout(Duration::from_millis(100), Limited::new(body, 64 * 1024).collect()).await;
+        let code = status.as_u16();
+        let msg = format!("POST {} answered {status}", self.uri);
+        let err = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                let hint = retry_after(&parts.headers).map(RetryHint::RetryAfter).unwrap_or(RetryHint::Retryable);
+                SinkError { message: msg, hint, status: Some(code) }
+            }
+            StatusCode::REQUEST_TIMEOUT => SinkError::retryable(msg).with_status(code),
+            s if s.is_server_error() => SinkError::retryable(msg).with_status(code),
+            _ => SinkError::not_retryable(msg).with_status(code),
+        };
+        Err(err)
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `Retry-After` in delta-seconds (an HTTP-date falls back to the backoff policy).
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// A 2xx response carries a reply event when it is in binary mode (`ce-specversion`) or
+/// structured mode (`application/cloudevents+json`).
+pub fn decode_reply(h: &HeaderMap, body: Bytes) -> Result<Option<Event>, String> {
+    let ct = h.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+    if h.contains_key("ce-specversion") {
+        let headers = h.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+        return http_binding::decode_binary(headers, ct, body).map(Some).map_err(|e| e.to_string());
+    }
+    let structured = ct.is_some_and(|c| {
+        c.len() >= 28 && c[..28].eq_ignore_ascii_case(b"application/cloudevents+json")
+    });
+    if structured {
+        return format::decode_structured(&body).map(Some).map_err(|e| e.to_string());
+    }
+    Ok(None)
+}
+
+impl Sink for WebhookSink {
+    fn deliver<'a>(&'a self, event: &'a Event, timeout: Duration) -> BoxFuture<'a, Result<Delivered, SinkError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, self.attempt(event)).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::retryable(format!(
+                    "POST {}: no response within {} ms",
+                    self.uri,
+                    timeout.as_millis()
+                ))),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("webhook {}", self.uri)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_are_parsed_and_capped() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("99999"));
+        assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn replies_are_recognised_in_both_modes() {
+        let mut h = HeaderMap::new();
+        assert_eq!(decode_reply(&h, Bytes::from_static(b"ok")).unwrap(), None);
+        h.insert("ce-specversion", HeaderValue::from_static("1.0"));
+        h.insert("ce-id", HeaderValue::from_static("r1"));
+        h.insert("ce-source", HeaderValue::from_static("/fn"));
+        h.insert("ce-type", HeaderValue::from_static("reply"));
+        assert_eq!(decode_reply(&h, Bytes::new()).unwrap().unwrap().id, "r1");
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
+        let body = Bytes::from_static(br#"{"specversion":"1.0","id":"r2","source":"/fn","type":"t"}"#);
+        assert_eq!(decode_reply(&h, body).unwrap().unwrap().id, "r2");
+        assert!(decode_reply(&h, Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn https_urls_are_refused_with_a_clear_error() {
+        let cfg = WebhookSinkConfig { url: "https://x/".into(), mode: HttpMode::Binary, headers: Default::default() };
+        assert!(WebhookSink::new(&cfg).is_err());
+    }
+}

@@ -1,1 +1,545 @@
+//! Delivery: for each subscription, read its topic from the cursor, filter, deliver at least
+//! once with retries and backoff, dead-letter what cannot be delivered, publish replies, and
+//! move the cursor only past events whose acknowledgement says they are finished.
+//!
+//! Each subscription runs two streams: its topic, and `__redrive.<name>` (events an operator
+//! re-drove out of its dead-letter list). A stream reads ahead up to `maxInFlight` deliveries;
+//! its cursor is the lowest offset not yet finished, persisted every 100 ms, on change, and at
+//! shutdown.
 
+mod backoff;
+
+use evmesh_core::ack::{tokio_free, AckHandle, AckStatus};
+use evmesh_core::config::{DeliverySpec, Ordering, SinkConfig, StartPosition, SubscriptionConfig};
+use evmesh_core::sink::{RetryHint, Sink, SinkError};
+use evmesh_core::{Event, ExtValue};
+use evmesh_router::{Origin, Route};
+use evmesh_store::{CursorState, Store, StoredEvent};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use backoff::backoff_delay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("subscription {name:?}: {message}")]
+    Sink { name: String, message: String },
+    #[error("subscription {0:?} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Store(#[from] evmesh_store::StoreError),
+}
+
+/// Builds running sinks from their config (the binary wires the connector crates in here).
+pub type SinkFactory = Arc<dyn Fn(&SinkConfig) -> Result<Arc<dyn Sink>, String> + Send + Sync>;
+
+/// The dead-letter list of a subscription lives in this internal topic.
+pub fn dlq_topic(subscription: &str) -> String {
+    format!("__dlq.{subscription}")
+}
+
+/// Events re-driven from the dead-letter list are delivered again from this internal topic.
+pub fn redrive_topic(subscription: &str) -> String {
+    format!("__redrive.{subscription}")
+}
+
+/// Extensions added to a dead-lettered event.
+pub mod deadletter {
+    pub const REASON: &str = "deadletterreason";
+    pub const ATTEMPTS: &str = "deadletterattempts";
+    pub const STATUS: &str = "deadletterstatus";
+    pub const SUBSCRIPTION: &str = "deadlettersubscription";
+    pub const ALL: &[&str] = &[REASON, ATTEMPTS, STATUS, SUBSCRIPTION];
+}
+
+/// Persisted cursors, by (subscription, topic), for garbage collection.
+type CursorBoard = Arc<Mutex<HashMap<(String, String), u64>>>;
+
+struct Running {
+    route: Arc<Route>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Runs every subscription and manages them at runtime.
+pub struct Supervisor {
+    store: Arc<dyn Store>,
+    factory: SinkFactory,
+    default_delivery: Option<DeliverySpec>,
+    subs: tokio::sync::Mutex<HashMap<String, Running>>,
+    board: CursorBoard,
+    drain_timeout: Duration,
+}
+
+impl Supervisor {
+    pub fn new(
+        store: Arc<dyn Store>,
+        factory: SinkFactory,
+        default_delivery: Option<DeliverySpec>,
+        drain_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Supervisor {
+            store,
+            factory,
+            default_delivery,
+            subs: tokio::sync::Mutex::new(HashMap::new()),
+            board: Arc::new(Mutex::new(HashMap::new())),
+            drain_timeout,
+        })
+    }
+
+    /// Builds the sinks and starts a subscription (replacing none).
+    pub async fn start(&self, config: SubscriptionConfig, origin: Origin) -> Result<(), DeliveryError> {
+        let name = config.name.clone();
+        let mut subs = self.subs.lock().await;
+        if subs.contains_key(&name) {
+            return Err(DeliveryError::Exists(name));
+        }
+        let route = Arc::new(
+            Route::compile(config, origin, self.default_delivery.as_ref())
+                .map_err(|e| DeliveryError::Sink { name: name.clone(), message: e.to_string() })?,
+        );
+        let sink = (self.factory)(&route.config.sink)
+            .map_err(|message| DeliveryError::Sink { name: name.clone(), message })?;
+        let dls = match &route.delivery.dead_letter_sink {
+            Some(c) => Some((self.factory)(c).map_err(|message| DeliveryError::Sink {
+                name: name.clone(),
+                message: format!("deadLetterSink: {message}"),
+            })?),
+            None => None,
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(Ctx { route: route.clone(), sink, dls, store: self.store.clone(), stop: stop_rx });
+        let mut tasks = Vec::new();
+        for (topic, filtered, start) in [
+            (route.config.topic.clone(), true, route.config.start),
+            (redrive_topic(&name), false, StartPosition::Earliest),
+        ] {
+            let stream = Stream::open(ctx.clone(), topic, filtered, start, self.board.clone(), self.drain_timeout)?;
+            tasks.push(tokio::spawn(stream.run()));
+        }
+        tracing::info!(subscription = %name, topic = %route.config.topic, sink = %ctx.sink.describe(), "subscription started");
+        subs.insert(name, Running { route, stop, tasks });
+        Ok(())
+    }
+
+    /// Stops a subscription, letting in-flight deliveries finish and persisting its cursor.
+    pub async fn stop(&self, name: &str) -> Option<Arc<Route>> {
+        let running = self.subs.lock().await.remove(name)?;
+        let _ = running.stop.send(true);
+        for t in running.tasks {
+            let _ = t.await;
+        }
+        if let Ok(mut b) = self.board.lock() {
+            b.retain(|(s, _), _| s != name);
+        }
+        tracing::info!(subscription = %name, "subscription stopped");
+        Some(running.route)
+    }
+
+    pub async fn routes(&self) -> Vec<Arc<Route>> {
+        let mut v: Vec<_> = self.subs.lock().await.values().map(|r| r.route.clone()).collect();
+        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v
+    }
+
+    pub async fn route(&self, name: &str) -> Option<Arc<Route>> {
+        self.subs.lock().await.get(name).map(|r| r.route.clone())
+    }
+
+    /// Stops everything (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let names: Vec<String> = self.subs.lock().await.keys().cloned().collect();
+        let mut handles = Vec::new();
+        {
+            let subs = self.subs.lock().await;
+            for n in &names {
+                if let Some(r) = subs.get(n) {
+                    let _ = r.stop.send(true);
+                }
+            }
+        }
+        for n in names {
+            let running = self.subs.lock().await.remove(&n);
+            if let Some(r) = running {
+                handles.extend(r.tasks);
+            }
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    /// Deletes fully acknowledged segments, periodically.
+    pub fn spawn_gc(self: &Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+                me.collect_garbage().await;
+            }
+        })
+    }
+
+    pub async fn collect_garbage(&self) {
+        let board = self.board.lock().map(|b| b.clone()).unwrap_or_default();
+        // Topics read by a subscription that has not yet persisted a cursor are left alone.
+        let starting: HashSet<String> = {
+            let subs = self.subs.lock().await;
+            subs.values()
+                .flat_map(|r| [r.route.config.topic.clone(), redrive_topic(r.route.name())])
+                .filter(|t| !board.keys().any(|(_, bt)| bt == t))
+                .collect()
+        };
+        for topic in self.store.topics() {
+            if starting.contains(&topic) || topic.starts_with("__dlq.") {
+                continue;
+            }
+            let keep = board
+                .iter()
+                .filter(|((_, t), _)| *t == topic)
+                .map(|(_, c)| *c)
+                .min()
+                .unwrap_or_else(|| *self.store.watch_end(&topic).borrow());
+            if let Err(e) = self.store.collect_garbage(&topic, keep) {
+                tracing::warn!(topic = %topic, error = %e, "segment clean-up failed");
+            }
+        }
+    }
+}
+
+struct Ctx {
+    route: Arc<Route>,
+    sink: Arc<dyn Sink>,
+    dls: Option<Arc<dyn Sink>>,
+    store: Arc<dyn Store>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+struct Stream {
+    ctx: Arc<Ctx>,
+    topic: String,
+    filtered: bool,
+    read_pos: u64,
+    /// Offsets handed out and not yet finished (running or queued behind their key).
+    pending: BTreeMap<u64, Option<String>>,
+    attempts: Arc<Mutex<BTreeMap<u64, u32>>>,
+    running: usize,
+    key_busy: HashSet<String>,
+    key_queue: HashMap<String, VecDeque<StoredEvent>>,
+    done_tx: mpsc::UnboundedSender<(u64, AckStatus)>,
+    done_rx: mpsc::UnboundedReceiver<(u64, AckStatus)>,
+    board: CursorBoard,
+    saved: Option<CursorState>,
+    drain_timeout: Duration,
+}
+
+impl Stream {
+    fn open(
+        ctx: Arc<Ctx>,
+        topic: String,
+        filtered: bool,
+        start: StartPosition,
+        board: CursorBoard,
+        drain_timeout: Duration,
+    ) -> Result<Stream, DeliveryError> {
+        let name = ctx.route.name().to_owned();
+        let (state, fresh) = match ctx.store.load_cursor(&name, &topic)? {
+            Some(s) => (s, false),
+            None => {
+                let committed = match start {
+                    StartPosition::Earliest => 0,
+                    StartPosition::Latest => *ctx.store.watch_end(&topic).borrow(),
+                };
+                (CursorState { committed, attempts: BTreeMap::new() }, true)
+            }
+        };
+        if fresh {
+            ctx.store.save_cursor(&name, &topic, &state)?;
+        }
+        if let Ok(mut b) = board.lock() {
+            b.insert((name, topic.clone()), state.committed);
+        }
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Ok(Stream {
+            ctx,
+            topic,
+            filtered,
+            read_pos: state.committed,
+            pending: BTreeMap::new(),
+            attempts: Arc::new(Mutex::new(state.attempts.clone())),
+            running: 0,
+            key_busy: HashSet::new(),
+            key_queue: HashMap::new(),
+            done_tx,
+            done_rx,
+            board,
+            saved: Some(state),
+            drain_timeout,
+        })
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.ctx.route.config.max_in_flight
+    }
+
+    fn committed(&self) -> u64 {
+        self.pending.keys().next().copied().unwrap_or(self.read_pos)
+    }
+
+    fn persist(&mut self) {
+        let committed = self.committed();
+        let attempts: BTreeMap<u64, u32> = self
+            .attempts
+            .lock()
+            .map(|a| a.range(committed..).map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        let state = CursorState { committed, attempts };
+        if self.saved.as_ref() == Some(&state) {
+            return;
+        }
+        let name = self.ctx.route.name().to_owned();
+        match self.ctx.store.save_cursor(&name, &self.topic, &state) {
+            Ok(()) => {
+                if let Ok(mut b) = self.board.lock() {
+                    b.insert((name, self.topic.clone()), committed);
+                }
+                self.saved = Some(state);
+            }
+            Err(e) => tracing::error!(subscription = %name, error = %e, "could not persist the cursor"),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut end_rx = self.ctx.store.watch_end(&self.topic);
+        let mut stop = self.ctx.stop.clone();
+        let mut last_persist = Instant::now();
+        let persist_every = Duration::from_millis(100);
+        loop {
+            while let Ok((offset, status)) = self.done_rx.try_recv() {
+                self.finish(offset, status);
+            }
+            if self.ctx.stopping() {
+                break;
+            }
+            if last_persist.elapsed() >= persist_every {
+                self.persist();
+                last_persist = Instant::now();
+            }
+            let end = *end_rx.borrow_and_update();
+            let room = self.max_in_flight().saturating_sub(self.running);
+            let queued_ok = self.pending.len() < self.max_in_flight() * 16;
+            if room > 0 && queued_ok && self.read_pos < end {
+                match self.ctx.store.read(&self.topic, self.read_pos, room.min(512)).await {
+                    Ok(batch) => {
+                        for se in batch.events {
+                            self.dispatch(se);
+                        }
+                        self.read_pos = batch.next.max(self.read_pos);
+                    }
+                    Err(e) => {
+                        tracing::error!(subscription = %self.ctx.route.name(), topic = %self.topic, error = %e, "reading the log failed; retrying in 1s");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                Some((offset, status)) = self.done_rx.recv() => self.finish(offset, status),
+                r = end_rx.changed() => { if r.is_err() { break } }
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(persist_every) => {}
+            }
+        }
+        // Shutdown: running deliveries finish their attempt (bounded), then the cursor is saved.
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.running > 0 {
+            match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
+                Ok(Some((offset, status))) => self.finish(offset, status),
+                _ => break,
+            }
+        }
+        self.persist();
+    }
+
+    fn dispatch(&mut self, se: StoredEvent) {
+        if self.filtered && !self.ctx.route.matches(&se.event) {
+            return;
+        }
+        let key = match self.ctx.route.config.ordering {
+            Ordering::Key => se.event.partition_key(),
+            Ordering::None => None,
+        };
+        self.pending.insert(se.offset, key.clone());
+        match key {
+            Some(k) if self.key_busy.contains(&k) => {
+                self.key_queue.entry(k).or_default().push_back(se);
+            }
+            Some(k) => {
+                self.key_busy.insert(k);
+                self.start(se);
+            }
+            None => self.start(se),
+        }
+    }
+
+    fn start(&mut self, se: StoredEvent) {
+        self.running += 1;
+        let tx = self.done_tx.clone();
+        let ack = AckHandle::new(
+            se.offset,
+            tokio_free::Sender::new(move |m| {
+                let _ = tx.send(m);
+            }),
+        );
+        let ctx = self.ctx.clone();
+        let attempts = self.attempts.clone();
+        tokio::spawn(async move {
+            let status = deliver(&ctx, se.offset, se.event, &attempts).await;
+            ack.resolve(status);
+        });
+    }
+
+    fn finish(&mut self, offset: u64, status: AckStatus) {
+        self.running = self.running.saturating_sub(1);
+        let key = self.pending.get(&offset).cloned().flatten();
+        if status != AckStatus::Retry {
+            self.pending.remove(&offset);
+            if let Ok(mut a) = self.attempts.lock() {
+                a.remove(&offset);
+            }
+        }
+        if let Some(k) = key {
+            let next = self.key_queue.get_mut(&k).and_then(VecDeque::pop_front);
+            match next {
+                Some(se) if !self.ctx.stopping() => self.start(se),
+                _ => {
+                    self.key_queue.remove(&k);
+                    self.key_busy.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// Delivers one event under the subscription's policy; says how it ended.
+async fn deliver(ctx: &Ctx, offset: u64, event: Event, attempts: &Mutex<BTreeMap<u64, u32>>) -> AckStatus {
+    let spec = &ctx.route.delivery;
+    let max_attempts = spec.retry.saturating_add(1);
+    let mut made = attempts.lock().map(|a| a.get(&offset).copied().unwrap_or(0)).unwrap_or(0);
+    let mut stop = ctx.stop.clone();
+    let mut last: Option<SinkError> = None;
+    loop {
+        if made >= max_attempts {
+            let err = last.unwrap_or_else(|| SinkError::retryable("retries were exhausted before a restart"));
+            return dead_letter(ctx, event, made, err).await;
+        }
+        if ctx.stopping() {
+            return AckStatus::Retry;
+        }
+        let result = ctx.sink.deliver(&event, spec.timeout.0).await;
+        made += 1;
+        match result {
+            Ok(delivered) => {
+                if let Some(reply) = delivered.reply {
+                    if !publish_reply(ctx, reply).await {
+                        return AckStatus::Retry;
+                    }
+                }
+                return AckStatus::Delivered;
+            }
+            Err(e) => {
+                if let Ok(mut a) = attempts.lock() {
+                    a.insert(offset, made);
+                }
+                tracing::debug!(subscription = %ctx.route.name(), offset, attempt = made, error = %e, "delivery attempt failed");
+                if e.hint == RetryHint::NotRetryable {
+                    return dead_letter(ctx, event, made, e).await;
+                }
+                if made >= max_attempts {
+                    last = Some(e);
+                    continue;
+                }
+                let delay = match e.hint {
+                    RetryHint::RetryAfter(d) => d,
+                    _ => backoff_delay(spec, made),
+                };
+                last = Some(e);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => return AckStatus::Retry,
+                }
+            }
+        }
+    }
+}
+
+/// Stores a reply event durably, retrying until it is stored; false if shutdown interrupted.
+async fn publish_reply(ctx: &Ctx, reply: Event) -> bool {
+    let topic = ctx.route.reply_topic().to_owned();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match ctx.store.append(&topic, std::slice::from_ref(&reply)).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::error!(subscription = %ctx.route.name(), topic = %topic, error = %e, "storing a reply failed; retrying");
+                if ctx.stopping() {
+                    return false;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn dead_letter(ctx: &Ctx, mut event: Event, attempts: u32, err: SinkError) -> AckStatus {
+    let name = ctx.route.name();
+    event.set_extension(deadletter::REASON, ExtValue::String(err.message.clone()));
+    event.set_extension(deadletter::ATTEMPTS, ExtValue::Integer(i64::from(attempts)));
+    if let Some(s) = err.status {
+        event.set_extension(deadletter::STATUS, ExtValue::Integer(i64::from(s)));
+    }
+    event.set_extension(deadletter::SUBSCRIPTION, ExtValue::String(name.to_owned()));
+    tracing::warn!(subscription = %name, id = %event.id, attempts, reason = %err.message, "dead-lettering an event");
+    let spec = &ctx.route.delivery;
+    let mut n = 0u32;
+    let mut stop = ctx.stop.clone();
+    loop {
+        let result = match &ctx.dls {
+            Some(dls) => dls.deliver(&event, spec.timeout.0).await.map(|_| ()).map_err(|e| e.message),
+            None => ctx
+                .store
+                .append(&dlq_topic(name), std::slice::from_ref(&event))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) => return AckStatus::DeadLettered,
+            Err(e) => {
+                n = n.saturating_add(1);
+                tracing::warn!(subscription = %name, attempt = n, error = %e, "the dead-letter destination refused an event; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff_delay(spec, n)) => {}
+                    _ = stop.changed() => return AckStatus::Retry,
+                }
+            }
+        }
+    }
+}
