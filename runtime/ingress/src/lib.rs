@@ -1,1 +1,169 @@
+//! HTTP ingest: `POST /topics/{topic}` takes CloudEvents in binary, structured and batched mode
+//! and answers `202` only once the store has made them durable.
 
+pub mod server;
+
+use bytes::Bytes;
+use evmesh_core::config::validate_topic;
+use evmesh_core::{format, http_binding, DecodeError, Event};
+use evmesh_store::{Store, StoreError};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+pub use server::{serve, Handler, ServerHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings of the ingest listener.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub max_body_bytes: usize,
+}
+
+/// The ingest request handler.
+pub struct Ingest {
+    store: Arc<dyn Store>,
+    opts: IngestOptions,
+}
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A JSON error body: `{"error": "..."}` plus any detail fields.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+fn decode_error(e: &DecodeError) -> Resp {
+    let mut body = serde_json::json!({ "error": e.to_string() });
+    if let Some(ev) = e.event_error() {
+        body["attribute"] = ev.attribute.clone().into();
+        body["rule"] = ev.rule.clone().into();
+    }
+    if let Some(i) = e.batch_index() {
+        body["index"] = i.into();
+    }
+    json(StatusCode::BAD_REQUEST, &body)
+}
+
+fn media_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.split(';').next())
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Reads a body up to `max` bytes; `Err` is the response to send.
+pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<(http::request::Parts, Bytes), Resp> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the {max}-byte limit (server.maxBodyBytes)"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok((parts, c.to_bytes())),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+    }
+}
+
+impl Ingest {
+    pub fn new(store: Arc<dyn Store>, opts: IngestOptions) -> Arc<Self> {
+        Arc::new(Ingest { store, opts })
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().to_owned();
+        if path == "/healthz" {
+            return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+        }
+        let Some(topic) = path.strip_prefix("/topics/") else {
+            return error(StatusCode::NOT_FOUND, format!("no route for {path}; publish with POST /topics/{{topic}}"));
+        };
+        let topic = topic.trim_end_matches('/').to_owned();
+        if req.method() != Method::POST {
+            let mut r = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} is not allowed on /topics/{{topic}}; use POST", req.method()),
+            );
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        if let Err(e) = validate_topic(&topic) {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
+        let mt = media_type(&req);
+        let binary = req.headers().contains_key("ce-specversion");
+        if !binary && mt.starts_with("application/cloudevents") && mt != "application/cloudevents+json"
+            && mt != "application/cloudevents-batch+json"
+        {
+            return error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("event format {mt:?} is not supported; use application/cloudevents+json, application/cloudevents-batch+json or binary mode"),
+            );
+        }
+        let (parts, body) = match read_body(req, self.opts.max_body_bytes).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        };
+        let decoded: Result<Vec<Event>, DecodeError> = if mt == "application/cloudevents-batch+json" {
+            format::decode_batch(&body)
+        } else if mt == "application/cloudevents+json" {
+            format::decode_structured(&body).map(|e| vec![e])
+        } else {
+            let headers = parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+            let ct = parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+            http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
+        };
+        let events = match decoded {
+            Ok(e) => e,
+            Err(e) => return decode_error(&e),
+        };
+        match self.store.append(&topic, &events).await {
+            Ok(ack) => json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "accepted": ack.count, "firstOffset": ack.first }),
+            ),
+            Err(StoreError::TooLarge(n)) => error(StatusCode::PAYLOAD_TOO_LARGE, format!("event of {n} bytes is too large")),
+            Err(e) => {
+                tracing::error!(topic = %topic, error = %e, "storing events failed");
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("the events were not stored: {e}"))
+            }
+        }
+    }
+}
+
+impl Handler for Ingest {
+    fn call(self: Arc<Self>, req: Request<Incoming>) -> futures_util::future::BoxFuture<'static, Resp> {
+        Box::pin(async move { self.handle(req).await })
+    }
+}

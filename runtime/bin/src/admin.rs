@@ -1,0 +1,230 @@
+//! The admin API: runtime subscription management, dead-letter lists, health.
+
+use bytes::Bytes;
+use evmesh_core::config::{self, SubscriptionConfig};
+use evmesh_core::format;
+use evmesh_delivery::{deadletter, dlq_topic, redrive_topic, Supervisor};
+use evmesh_ingress::{error, json, read_body, Handler, Resp};
+use evmesh_router::Origin;
+use evmesh_store::{CursorState, Store};
+use futures_util::future::BoxFuture;
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+pub struct Admin {
+    store: Arc<dyn Store>,
+    supervisor: Arc<Supervisor>,
+    max_body: usize,
+    /// Serializes changes to the set of subscriptions.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl Admin {
+    pub fn new(store: Arc<dyn Store>, supervisor: Arc<Supervisor>, max_body: usize) -> Arc<Self> {
+        Arc::new(Admin { store, supervisor, max_body, changes: tokio::sync::Mutex::new(()) })
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Resp {
+        let path = req.uri().path().trim_end_matches('/').to_owned();
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method().clone();
+        match (method.clone(), segs.as_slice()) {
+            (Method::GET, ["healthz"]) => json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok", "storeProblems": self.store.problems()}),
+            ),
+            (Method::GET, ["subscriptions"]) => {
+                let mut out = Vec::new();
+                for r in self.supervisor.routes().await {
+                    out.push(describe(&r.config, r.origin));
+                }
+                json(StatusCode::OK, &serde_json::Value::Array(out))
+            }
+            (Method::GET, ["subscriptions", name]) => match self.supervisor.route(name).await {
+                Some(r) => json(StatusCode::OK, &describe(&r.config, r.origin)),
+                None => not_found(name),
+            },
+            (Method::PUT, ["subscriptions", name]) => {
+                let name = name.to_string();
+                self.put(name, req).await
+            }
+            (Method::DELETE, ["subscriptions", name]) => self.delete(name).await,
+            (Method::GET, ["subscriptions", name, "deadletters"]) => self.deadletters(name).await,
+            (Method::POST, ["subscriptions", name, "redrive"]) => self.redrive(name).await,
+            (_, ["healthz"]) | (_, ["subscriptions"]) | (_, ["subscriptions", _]) | (_, ["subscriptions", _, _]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
+            }
+            _ => error(StatusCode::NOT_FOUND, format!("no admin route for {path}")),
+        }
+    }
+
+    async fn put(&self, name: String, req: Request<Incoming>) -> Resp {
+        let (_, body) = match read_body(req, self.max_body).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        // JSON is YAML, so one parser takes both.
+        let mut value: serde_yaml::Value = match serde_yaml::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON/YAML body: {e}")),
+        };
+        if let Some(m) = value.as_mapping_mut() {
+            match m.get("name").and_then(|v| v.as_str()) {
+                Some(n) if n != name => {
+                    return error(StatusCode::BAD_REQUEST, format!("name {n:?} in the body differs from {name:?} in the path"))
+                }
+                _ => {
+                    m.insert("name".into(), name.clone().into());
+                }
+            }
+        }
+        let sub = match config::subscription_from_value(value) {
+            Ok(s) => s,
+            Err(errs) => {
+                let list: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+                return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": list.join("; "), "errors": list}));
+            }
+        };
+        let _g = self.changes.lock().await;
+        let existed = match self.supervisor.route(&name).await {
+            Some(r) if r.origin == Origin::Config => {
+                return error(StatusCode::CONFLICT, format!("subscription {name:?} is declared in the config file; change it there"))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        // Check the sinks build before touching the running one.
+        let factory = crate::sink_factory();
+        if let Err(e) = factory(&sub.sink) {
+            return error(StatusCode::BAD_REQUEST, format!("sink: {e}"));
+        }
+        if existed {
+            self.supervisor.stop(&name).await;
+        }
+        if let Err(e) = self.supervisor.start(sub.clone(), Origin::Api).await {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        if let Err(e) = self.persist().await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the subscription runs but was not persisted: {e}"));
+        }
+        let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+        json(status, &describe(&sub, Origin::Api))
+    }
+
+    async fn delete(&self, name: &str) -> Resp {
+        let _g = self.changes.lock().await;
+        match self.supervisor.route(name).await {
+            None => return not_found(name),
+            Some(r) if r.origin == Origin::Config => {
+                return error(StatusCode::CONFLICT, format!("subscription {name:?} is declared in the config file; remove it there"))
+            }
+            Some(_) => {}
+        }
+        self.supervisor.stop(name).await;
+        if let Err(e) = self.store.delete_subscription_state(name) {
+            tracing::warn!(subscription = %name, error = %e, "could not remove the subscription's cursors");
+        }
+        if let Err(e) = self.persist().await {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("deleted, but the change was not persisted: {e}"));
+        }
+        let mut r = Resp::new(http_body_util::Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NO_CONTENT;
+        r
+    }
+
+    async fn persist(&self) -> Result<(), evmesh_store::StoreError> {
+        let api: Vec<SubscriptionConfig> = self
+            .supervisor
+            .routes()
+            .await
+            .into_iter()
+            .filter(|r| r.origin == Origin::Api)
+            .map(|r| r.config.clone())
+            .collect();
+        self.store.save_api_subscriptions(&api)
+    }
+
+    /// Reads the dead-letter list from its cursor to its end.
+    async fn dead_list(&self, name: &str) -> Result<(u64, Vec<evmesh_core::Event>, u64), Resp> {
+        let topic = dlq_topic(name);
+        let start = match self.store.load_cursor(name, &topic) {
+            Ok(c) => c.map(|c| c.committed).unwrap_or(0),
+            Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        };
+        let mut from = start;
+        let mut out = Vec::new();
+        loop {
+            match self.store.read(&topic, from, 1000).await {
+                Ok(b) if b.events.is_empty() => break,
+                Ok(b) => {
+                    from = b.next;
+                    out.extend(b.events.into_iter().map(|e| e.event));
+                }
+                Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            }
+        }
+        Ok((start, out, from))
+    }
+
+    async fn deadletters(&self, name: &str) -> Resp {
+        if self.supervisor.route(name).await.is_none() {
+            return not_found(name);
+        }
+        match self.dead_list(name).await {
+            Ok((_, events, _)) => {
+                let mut body = Vec::new();
+                format::encode_batch(&events, &mut body);
+                let mut r = Resp::new(http_body_util::Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/cloudevents-batch+json"),
+                );
+                r
+            }
+            Err(r) => r,
+        }
+    }
+
+    async fn redrive(&self, name: &str) -> Resp {
+        if self.supervisor.route(name).await.is_none() {
+            return not_found(name);
+        }
+        let _g = self.changes.lock().await;
+        let (_, mut events, end) = match self.dead_list(name).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        for e in &mut events {
+            for ext in deadletter::ALL {
+                e.remove_extension(ext);
+            }
+        }
+        if !events.is_empty() {
+            if let Err(e) = self.store.append(&redrive_topic(name), &events).await {
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("redrive failed, nothing moved: {e}"));
+            }
+        }
+        let state = CursorState { committed: end, ..Default::default() };
+        if let Err(e) = self.store.save_cursor(name, &dlq_topic(name), &state) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("events re-driven but the list was not cleared: {e}"));
+        }
+        json(StatusCode::OK, &serde_json::json!({"redriven": events.len()}))
+    }
+}
+
+fn not_found(name: &str) -> Resp {
+    error(StatusCode::NOT_FOUND, format!("no subscription named {name:?}"))
+}
+
+fn describe(cfg: &SubscriptionConfig, origin: Origin) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    v["origin"] = origin.as_str().into();
+    v
+}
+
+impl Handler for Admin {
+    fn call(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<'static, Resp> {
+        Box::pin(async move { self.handle(req).await })
+    }
+}
