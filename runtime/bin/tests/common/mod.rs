@@ -1,0 +1,311 @@
+//! Shared pieces of the integration suite: the real `evmesh` binary as a child process, a real
+//! HTTP receiver that records what it gets, and a small HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The shared conformance folder, beside the repository.
+pub fn conformance_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance")
+}
+
+/// A running `evmesh serve`.
+pub struct Evmesh {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+    pub data_dir: PathBuf,
+}
+
+impl Evmesh {
+    pub fn start(data_dir: &Path, config: &str) -> Evmesh {
+        Self::start_with_env(data_dir, config, &[])
+    }
+
+    pub fn start_with_env(data_dir: &Path, config: &str, env: &[(&str, &str)]) -> Evmesh {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let cfg_path = data_dir.with_extension("yaml");
+        std::fs::write(&cfg_path, config).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("EVMESH_SERVER__HTTP", "127.0.0.1:0")
+            .env("EVMESH_SERVER__ADMIN", "127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawning evmesh");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                for (marker, which) in [("http ingest listening on ", 0), ("admin listening on ", 1)] {
+                    if let Some(pos) = line.find(marker) {
+                        let addr: SocketAddr = line[pos + marker.len()..].trim().parse().unwrap();
+                        let _ = tx.send((which, addr));
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut http = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((0, a)) => http = Some(a),
+                Ok((_, a)) => admin = Some(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("evmesh did not start; log:\n{}", log.lock().unwrap());
+                }
+            }
+        }
+        Evmesh { child: Some(child), http: http.unwrap(), admin: admin.unwrap(), log, data_dir: data_dir.to_owned() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("already stopped");
+        let pid = c.id() as i32;
+        send_sigterm(pid);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("evmesh did not exit after SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn send_sigterm(pid: i32) {
+    let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+impl Drop for Evmesh {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+/// How a receiver answers.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Answer the first N requests with `fail_status`.
+    pub fail_first: usize,
+    pub fail_status: u16,
+    pub retry_after: Option<u64>,
+    /// Answer 2xx with this structured-mode event body (a reply).
+    pub reply: Option<String>,
+    pub delay: Duration,
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Got>>>,
+    pub seen: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(b: Behaviour) -> Receiver {
+        Self::start_on("127.0.0.1:0", b).await
+    }
+
+    pub async fn start_on(addr: &str, b: Behaviour) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(0usize));
+        let (g, s) = (got.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (g, s, b) = (g.clone(), s.clone(), b.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (g, s, b) = (g.clone(), s.clone(), b.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            if !b.delay.is_zero() {
+                                tokio::time::sleep(b.delay).await;
+                            }
+                            let n = {
+                                let mut s = s.lock().unwrap();
+                                *s += 1;
+                                *s
+                            };
+                            let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                            if n <= b.fail_first {
+                                *resp.status_mut() = StatusCode::from_u16(b.fail_status).unwrap();
+                                if let Some(ra) = b.retry_after {
+                                    resp.headers_mut().insert("retry-after", ra.to_string().parse().unwrap());
+                                }
+                            } else {
+                                g.lock().unwrap().push(Got { headers: parts.headers, body });
+                                if let Some(r) = &b.reply {
+                                    *resp.body_mut() = Full::new(Bytes::from(r.clone()));
+                                    resp.headers_mut().insert("content-type", "application/cloudevents+json".parse().unwrap());
+                                }
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, got, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    pub fn attempts(&self) -> usize {
+        *self.seen.lock().unwrap()
+    }
+
+    pub fn events(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.events().iter().filter_map(|g| g.header("ce-id")).collect()
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(512).build(HttpConnector::new())
+}
+
+pub async fn send(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (u16, String) {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = c.request(b.body(Full::new(body.into())).unwrap()).await.expect("request failed");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Publishes one minimal binary-mode event.
+pub async fn publish(c: &HttpClient, ev: &Evmesh, topic: &str, id: &str, extra: &[(&str, &str)]) -> u16 {
+    let mut h = vec![
+        ("ce-specversion", "1.0"),
+        ("ce-id", id),
+        ("ce-source", "/test"),
+        ("ce-type", "test.event"),
+        ("content-type", "text/plain"),
+    ];
+    h.extend_from_slice(extra);
+    send(c, "POST", &ev.url(&format!("/topics/{topic}")), &h, format!("data-{id}")).await.0
+}
+
+pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// A webhook subscription in YAML.
+pub fn webhook_sub(name: &str, topic: &str, url: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    topic: {topic}\n    sink: {{ type: webhook, url: \"{url}\" }}\n{extra}"
+    )
+}
