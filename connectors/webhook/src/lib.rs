@@ -38,19 +38,29 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     pub fn new(cfg: &WebhookSinkConfig) -> Result<Self, WebhookError> {
-        let uri: Uri = cfg.url.parse().map_err(|e: http::uri::InvalidUri| WebhookError::Url {
-            url: cfg.url.clone(),
-            reason: e.to_string(),
-        })?;
+        let uri: Uri = cfg
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| WebhookError::Url {
+                url: cfg.url.clone(),
+                reason: e.to_string(),
+            })?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(WebhookError::Url { url: cfg.url.clone(), reason: "expected http://host[:port]/path".into() });
+            return Err(WebhookError::Url {
+                url: cfg.url.clone(),
+                reason: "expected http://host[:port]/path".into(),
+            });
         }
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = HeaderName::from_bytes(k.as_bytes())
-                .map_err(|e| WebhookError::Header { name: k.clone(), reason: e.to_string() })?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|e| WebhookError::Header { name: k.clone(), reason: e.to_string() })?;
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| WebhookError::Header {
+                name: k.clone(),
+                reason: e.to_string(),
+            })?;
+            let value = HeaderValue::from_str(v).map_err(|e| WebhookError::Header {
+                name: k.clone(),
+                reason: e.to_string(),
+            })?;
             headers.insert(name, value);
         }
         let mut connector = HttpConnector::new();
@@ -60,7 +70,12 @@ impl WebhookSink {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1024)
             .build(connector);
-        Ok(WebhookSink { uri, mode: cfg.mode, headers, client })
+        Ok(WebhookSink {
+            uri,
+            mode: cfg.mode,
+            headers,
+            client,
+        })
     }
 
     fn request(&self, e: &Event) -> Result<Request<Full<Bytes>>, SinkError> {
@@ -71,7 +86,10 @@ impl WebhookSink {
             let body = match self.mode {
                 HttpMode::Binary => {
                     http_binding::encode_binary_headers(e, |name, value| {
-                        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::try_from(value)) {
+                        match (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::try_from(value),
+                        ) {
                             (Ok(n), Ok(v)) => {
                                 h.insert(n, v);
                             }
@@ -91,7 +109,9 @@ impl WebhookSink {
                 }
             };
             if let Some(name) = bad {
-                return Err(SinkError::not_retryable(format!("cannot encode header {name} for HTTP")));
+                return Err(SinkError::not_retryable(format!(
+                    "cannot encode header {name} for HTTP"
+                )));
             }
             return b
                 .body(Full::new(body))
@@ -102,31 +122,43 @@ impl WebhookSink {
 
     async fn attempt(&self, e: &Event) -> Result<Delivered, SinkError> {
         let req = self.request(e)?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|err| SinkError::retryable(format!("POST {}: {}", self.uri, error_chain(&err))))?;
+        let resp = self.client.request(req).await.map_err(|err| {
+            SinkError::retryable(format!("POST {}: {}", self.uri, error_chain(&err)))
+        })?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         if status.is_success() {
             let body = Limited::new(body, MAX_REPLY_BYTES)
                 .collect()
                 .await
-                .map_err(|err| SinkError::retryable(format!("reading the response of {}: {err}", self.uri)))?
+                .map_err(|err| {
+                    SinkError::retryable(format!("reading the response of {}: {err}", self.uri))
+                })?
                 .to_bytes();
-            let reply = decode_reply(&parts.headers, body)
-                .map_err(|msg| SinkError::not_retryable(format!("invalid reply event from {}: {msg}", self.uri)).with_status(status.as_u16()))?;
+            let reply = decode_reply(&parts.headers, body).map_err(|msg| {
+                SinkError::not_retryable(format!("invalid reply event from {}: {msg}", self.uri))
+                    .with_status(status.as_u16())
+            })?;
             return Ok(Delivered { reply });
         }
         // Drain a little of the body so the connection can be reused; ignore failures.
-        let _ = tokio::time::timeout(Duration::from_millis(100), Limited::new(body, 64 * 1024).collect()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            Limited::new(body, 64 * 1024).collect(),
+        )
+        .await;
         let code = status.as_u16();
         let msg = format!("POST {} answered {status}", self.uri);
         let err = match status {
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                let hint = retry_after(&parts.headers).map(RetryHint::RetryAfter).unwrap_or(RetryHint::Retryable);
-                SinkError { message: msg, hint, status: Some(code) }
+                let hint = retry_after(&parts.headers)
+                    .map(RetryHint::RetryAfter)
+                    .unwrap_or(RetryHint::Retryable);
+                SinkError {
+                    message: msg,
+                    hint,
+                    status: Some(code),
+                }
             }
             StatusCode::REQUEST_TIMEOUT => SinkError::retryable(msg).with_status(code),
             s if s.is_server_error() => SinkError::retryable(msg).with_status(code),
@@ -149,7 +181,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// `Retry-After` in delta-seconds (an HTTP-date falls back to the backoff policy).
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = h
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
@@ -159,19 +197,27 @@ pub fn decode_reply(h: &HeaderMap, body: Bytes) -> Result<Option<Event>, String>
     let ct = h.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
     if h.contains_key("ce-specversion") {
         let headers = h.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
-        return http_binding::decode_binary(headers, ct, body).map(Some).map_err(|e| e.to_string());
+        return http_binding::decode_binary(headers, ct, body)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
     let structured = ct.is_some_and(|c| {
         c.len() >= 28 && c[..28].eq_ignore_ascii_case(b"application/cloudevents+json")
     });
     if structured {
-        return format::decode_structured(&body).map(Some).map_err(|e| e.to_string());
+        return format::decode_structured(&body)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
     Ok(None)
 }
 
 impl Sink for WebhookSink {
-    fn deliver<'a>(&'a self, event: &'a Event, timeout: Duration) -> BoxFuture<'a, Result<Delivered, SinkError>> {
+    fn deliver<'a>(
+        &'a self,
+        event: &'a Event,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Delivered, SinkError>> {
         Box::pin(async move {
             match tokio::time::timeout(timeout, self.attempt(event)).await {
                 Ok(r) => r,
@@ -200,7 +246,10 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
         h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("99999"));
         assert_eq!(retry_after(&h), Some(MAX_RETRY_AFTER));
-        h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), None);
     }
 
@@ -214,15 +263,23 @@ mod tests {
         h.insert("ce-type", HeaderValue::from_static("reply"));
         assert_eq!(decode_reply(&h, Bytes::new()).unwrap().unwrap().id, "r1");
         let mut h = HeaderMap::new();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/cloudevents+json"));
-        let body = Bytes::from_static(br#"{"specversion":"1.0","id":"r2","source":"/fn","type":"t"}"#);
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/cloudevents+json"),
+        );
+        let body =
+            Bytes::from_static(br#"{"specversion":"1.0","id":"r2","source":"/fn","type":"t"}"#);
         assert_eq!(decode_reply(&h, body).unwrap().unwrap().id, "r2");
         assert!(decode_reply(&h, Bytes::from_static(b"{}")).is_err());
     }
 
     #[test]
     fn https_urls_are_refused_with_a_clear_error() {
-        let cfg = WebhookSinkConfig { url: "https://x/".into(), mode: HttpMode::Binary, headers: Default::default() };
+        let cfg = WebhookSinkConfig {
+            url: "https://x/".into(),
+            mode: HttpMode::Binary,
+            headers: Default::default(),
+        };
         assert!(WebhookSink::new(&cfg).is_err());
     }
 }

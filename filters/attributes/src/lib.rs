@@ -95,7 +95,9 @@ impl Filter for Compiled {
                             None => format!("{at}: the event has no {n:?} attribute"),
                             Some(v) => v.with_str(|have| match op {
                                 Op::Exact => format!("{at}: {have:?} is not {want:?}"),
-                                Op::Prefix => format!("{at}: {have:?} does not start with {want:?}"),
+                                Op::Prefix => {
+                                    format!("{at}: {have:?} does not start with {want:?}")
+                                }
                                 Op::Suffix => format!("{at}: {have:?} does not end with {want:?}"),
                             }),
                         });
@@ -104,7 +106,11 @@ impl Filter for Compiled {
                 None
             }
             Compiled::All(v) => v.iter().enumerate().find_map(|(i, f)| {
-                let p = if path.is_empty() { format!("filters[{i}]") } else { format!("{path}.all[{i}]") };
+                let p = if path.is_empty() {
+                    format!("filters[{i}]")
+                } else {
+                    format!("{path}.all[{i}]")
+                };
                 f.explain(e, &p)
             }),
             Compiled::Any(v) => {
@@ -116,7 +122,10 @@ impl Filter for Compiled {
                         .enumerate()
                         .filter_map(|(i, f)| f.explain(e, &format!("{path}.any[{i}]")))
                         .collect();
-                    Some(format!("{path}.any: no alternative matched ({})", reasons.join("; ")))
+                    Some(format!(
+                        "{path}.any: no alternative matched ({})",
+                        reasons.join("; ")
+                    ))
                 }
             }
             Compiled::Not(f) => {
@@ -143,7 +152,11 @@ mod tests {
 
     fn serde_yaml_from(yaml: &str) -> Vec<FilterConfig> {
         let text = format!("subscriptions: [{{name: s, topic: t, sink: {{type: webhook, url: 'http://x/'}}, filters: {yaml}}}]");
-        evmesh_core::config::load(&text, Vec::new()).unwrap().subscriptions.remove(0).filters
+        evmesh_core::config::load(&text, Vec::new())
+            .unwrap()
+            .subscriptions
+            .remove(0)
+            .filters
     }
 
     fn event() -> Event {
@@ -155,11 +168,13 @@ mod tests {
 
     #[test]
     fn issue_example_matches() {
-        let f = filters(r#"[
+        let f = filters(
+            r#"[
             {exact: {type: com.example.order.created}},
             {prefix: {source: "shop/"}},
             {any: [{suffix: {subject: ".pdf"}}, {exact: {subject: "x"}}]},
-            {not: {exact: {datacontenttype: text/plain}}}]"#);
+            {not: {exact: {datacontenttype: text/plain}}}]"#,
+        );
         assert!(f.matches(&event()));
         let mut e = event();
         e.source = "web/x".into();

@@ -22,7 +22,12 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(store: Arc<dyn Store>, supervisor: Arc<Supervisor>, max_body: usize) -> Arc<Self> {
-        Arc::new(Admin { store, supervisor, max_body, changes: tokio::sync::Mutex::new(()) })
+        Arc::new(Admin {
+            store,
+            supervisor,
+            max_body,
+            changes: tokio::sync::Mutex::new(()),
+        })
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Resp {
@@ -52,9 +57,13 @@ impl Admin {
             (Method::DELETE, ["subscriptions", name]) => self.delete(name).await,
             (Method::GET, ["subscriptions", name, "deadletters"]) => self.deadletters(name).await,
             (Method::POST, ["subscriptions", name, "redrive"]) => self.redrive(name).await,
-            (_, ["healthz"]) | (_, ["subscriptions"]) | (_, ["subscriptions", _]) | (_, ["subscriptions", _, _]) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}"))
-            }
+            (_, ["healthz"])
+            | (_, ["subscriptions"])
+            | (_, ["subscriptions", _])
+            | (_, ["subscriptions", _, _]) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {path}"),
+            ),
             _ => error(StatusCode::NOT_FOUND, format!("no admin route for {path}")),
         }
     }
@@ -67,12 +76,20 @@ impl Admin {
         // JSON is YAML, so one parser takes both.
         let mut value: serde_yaml::Value = match serde_yaml::from_slice(&body) {
             Ok(v) => v,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON/YAML body: {e}")),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid JSON/YAML body: {e}"),
+                )
+            }
         };
         if let Some(m) = value.as_mapping_mut() {
             match m.get("name").and_then(|v| v.as_str()) {
                 Some(n) if n != name => {
-                    return error(StatusCode::BAD_REQUEST, format!("name {n:?} in the body differs from {name:?} in the path"))
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("name {n:?} in the body differs from {name:?} in the path"),
+                    )
                 }
                 _ => {
                     m.insert("name".into(), name.clone().into());
@@ -83,13 +100,21 @@ impl Admin {
             Ok(s) => s,
             Err(errs) => {
                 let list: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
-                return json(StatusCode::BAD_REQUEST, &serde_json::json!({"error": list.join("; "), "errors": list}));
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": list.join("; "), "errors": list}),
+                );
             }
         };
         let _g = self.changes.lock().await;
         let existed = match self.supervisor.route(&name).await {
             Some(r) if r.origin == Origin::Config => {
-                return error(StatusCode::CONFLICT, format!("subscription {name:?} is declared in the config file; change it there"))
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "subscription {name:?} is declared in the config file; change it there"
+                    ),
+                )
             }
             Some(_) => true,
             None => false,
@@ -106,9 +131,16 @@ impl Admin {
             return error(StatusCode::BAD_REQUEST, e.to_string());
         }
         if let Err(e) = self.persist().await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the subscription runs but was not persisted: {e}"));
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the subscription runs but was not persisted: {e}"),
+            );
         }
-        let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+        let status = if existed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
         json(status, &describe(&sub, Origin::Api))
     }
 
@@ -117,7 +149,12 @@ impl Admin {
         match self.supervisor.route(name).await {
             None => return not_found(name),
             Some(r) if r.origin == Origin::Config => {
-                return error(StatusCode::CONFLICT, format!("subscription {name:?} is declared in the config file; remove it there"))
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "subscription {name:?} is declared in the config file; remove it there"
+                    ),
+                )
             }
             Some(_) => {}
         }
@@ -126,7 +163,10 @@ impl Admin {
             tracing::warn!(subscription = %name, error = %e, "could not remove the subscription's cursors");
         }
         if let Err(e) = self.persist().await {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("deleted, but the change was not persisted: {e}"));
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("deleted, but the change was not persisted: {e}"),
+            );
         }
         let mut r = Resp::new(http_body_util::Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::NO_CONTENT;
@@ -202,19 +242,34 @@ impl Admin {
         }
         if !events.is_empty() {
             if let Err(e) = self.store.append(&redrive_topic(name), &events).await {
-                return error(StatusCode::SERVICE_UNAVAILABLE, format!("redrive failed, nothing moved: {e}"));
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("redrive failed, nothing moved: {e}"),
+                );
             }
         }
-        let state = CursorState { committed: end, ..Default::default() };
+        let state = CursorState {
+            committed: end,
+            ..Default::default()
+        };
         if let Err(e) = self.store.save_cursor(name, &dlq_topic(name), &state) {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, format!("events re-driven but the list was not cleared: {e}"));
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("events re-driven but the list was not cleared: {e}"),
+            );
         }
-        json(StatusCode::OK, &serde_json::json!({"redriven": events.len()}))
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"redriven": events.len()}),
+        )
     }
 }
 
 fn not_found(name: &str) -> Resp {
-    error(StatusCode::NOT_FOUND, format!("no subscription named {name:?}"))
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no subscription named {name:?}"),
+    )
 }
 
 fn describe(cfg: &SubscriptionConfig, origin: Origin) -> serde_json::Value {

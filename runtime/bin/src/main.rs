@@ -15,7 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "evmesh", version, about = "A serverless event mesh: durable CloudEvents ingest, filtering and at-least-once delivery")]
+#[command(
+    name = "evmesh",
+    version,
+    about = "A serverless event mesh: durable CloudEvents ingest, filtering and at-least-once delivery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,7 +57,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Serve { config, data_dir } => runtime().and_then(|rt| rt.block_on(serve(config, data_dir))),
+        Command::Serve { config, data_dir } => {
+            runtime().and_then(|rt| rt.block_on(serve(config, data_dir)))
+        }
         Command::Validate { file } => validate(&file),
         Command::Fsck { data_dir } => fsck(&data_dir),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
@@ -82,7 +88,10 @@ fn env_vars() -> Vec<(String, String)> {
 fn load_config(path: Option<&Path>) -> Result<Config, config::ConfigErrors> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p).map_err(|e| {
-            config::ConfigErrors(vec![config::ConfigError::new("", format!("cannot read {}: {e}", p.display()))])
+            config::ConfigErrors(vec![config::ConfigError::new(
+                "",
+                format!("cannot read {}: {e}", p.display()),
+            )])
         })?,
         None => String::new(),
     };
@@ -109,7 +118,11 @@ fn validate(file: &Path) -> Result<std::process::ExitCode> {
                 }
             }
             if errors.is_empty() {
-                println!("{}: ok ({} subscriptions)", file.display(), cfg.subscriptions.len());
+                println!(
+                    "{}: ok ({} subscriptions)",
+                    file.display(),
+                    cfg.subscriptions.len()
+                );
                 Ok(std::process::ExitCode::SUCCESS)
             } else {
                 for e in errors {
@@ -129,12 +142,27 @@ fn validate(file: &Path) -> Result<std::process::ExitCode> {
 
 fn fsck(dir: &Path) -> Result<std::process::ExitCode> {
     let report = evmesh_store::fsck(dir).with_context(|| format!("checking {}", dir.display()))?;
-    println!("checked {} segments, {} records", report.segments, report.records);
+    println!(
+        "checked {} segments, {} records",
+        report.segments, report.records
+    );
     for p in &report.torn_tails {
-        println!("torn tail (repaired at next start): {} at byte {} (offset {})", p.segment.display(), p.byte_offset, p.record);
+        println!(
+            "torn tail (repaired at next start): {} at byte {} (offset {})",
+            p.segment.display(),
+            p.byte_offset,
+            p.record
+        );
     }
     for p in &report.corrupt {
-        println!("CORRUPT: topic {} segment {} at byte {} (offset {}): {}", p.topic, p.segment.display(), p.byte_offset, p.record, p.reason);
+        println!(
+            "CORRUPT: topic {} segment {} at byte {} (offset {}): {}",
+            p.topic,
+            p.segment.display(),
+            p.byte_offset,
+            p.record,
+            p.reason
+        );
     }
     for q in &report.quarantined {
         println!("QUARANTINED: {}", q.display());
@@ -150,7 +178,10 @@ fn fsck(dir: &Path) -> Result<std::process::ExitCode> {
     }
 }
 
-async fn serve(config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Result<std::process::ExitCode> {
+async fn serve(
+    config_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> Result<std::process::ExitCode> {
     let mut cfg = match load_config(config_path.as_deref()) {
         Ok(c) => c,
         Err(errs) => bail!("invalid configuration:\n{errs}"),
@@ -167,7 +198,8 @@ async fn serve(config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Resul
         retention: sc.retention.map(|r| r.0),
     };
     let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(opts).with_context(|| format!("opening the store in {}", sc.data_dir.display()))?,
+        EmbeddedStore::open(opts)
+            .with_context(|| format!("opening the store in {}", sc.data_dir.display()))?,
     );
     tracing::info!(data_dir = %sc.data_dir.display(), fsync = ?sc.fsync, "store opened");
     let drain = cfg.server.shutdown_timeout.0;
@@ -189,11 +221,18 @@ async fn serve(config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> Resul
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let ingest = Ingest::new(store.clone(), IngestOptions { max_body_bytes: cfg.server.max_body_bytes });
+    let ingest = Ingest::new(
+        store.clone(),
+        IngestOptions {
+            max_body_bytes: cfg.server.max_body_bytes,
+        },
+    );
     let http = evmesh_ingress::serve(&cfg.server.http, ingest, stop_rx.clone(), drain).await?;
     tracing::info!("http ingest listening on {}", http.addr);
-    let admin_state = admin::Admin::new(store.clone(), supervisor.clone(), cfg.server.max_body_bytes);
-    let admin = evmesh_ingress::serve(&cfg.server.admin, admin_state, stop_rx.clone(), drain).await?;
+    let admin_state =
+        admin::Admin::new(store.clone(), supervisor.clone(), cfg.server.max_body_bytes);
+    let admin =
+        evmesh_ingress::serve(&cfg.server.admin, admin_state, stop_rx.clone(), drain).await?;
     tracing::info!("admin listening on {}", admin.addr);
     let gc = supervisor.spawn_gc(Duration::from_secs(5), stop_rx.clone());
 

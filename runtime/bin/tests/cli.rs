@@ -1,4 +1,5 @@
 //! The CLI: `validate` and start-up errors.
+#![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
 use std::process::Command;
 
@@ -30,14 +31,20 @@ subscriptions:
     let out = evmesh().arg("validate").arg(&file).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("subscriptions[2].delivery.backoffDelay: invalid ISO-8601 duration \"5 s\""), "{text}");
+    assert!(
+        text.contains("subscriptions[2].delivery.backoffDelay: invalid ISO-8601 duration \"5 s\""),
+        "{text}"
+    );
 
     std::fs::write(&file, "subscriptions:\n  - {name: a, topic: t, sink: {type: webhook, url: 'https://x/'}}\n  - {name: a, topic: t, sink: {type: webhook, url: 'http://x/'}}\n").unwrap();
     let out = evmesh().arg("validate").arg(&file).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("subscriptions[0].sink.url"), "{text}");
-    assert!(text.contains("subscriptions[1].name: duplicate subscription name"), "{text}");
+    assert!(
+        text.contains("subscriptions[1].name: duplicate subscription name"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -46,7 +53,12 @@ fn validate_accepts_a_good_file() {
     let file = dir.path().join("ok.yaml");
     std::fs::write(&file, "delivery: { retry: 3 }\nsubscriptions:\n  - {name: a, topic: t, sink: {type: webhook, url: 'http://127.0.0.1:9/x'}}\n").unwrap();
     let out = evmesh().arg("validate").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 subscriptions)"));
 }
 
@@ -55,10 +67,20 @@ fn serve_refuses_a_bad_config_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, "server: { htp: x }\n").unwrap();
-    let out = evmesh().arg("serve").arg("--config").arg(&file).arg("--data-dir").arg(dir.path().join("d")).output().unwrap();
+    let out = evmesh()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("invalid configuration") && err.contains("htp"), "{err}");
+    assert!(
+        err.contains("invalid configuration") && err.contains("htp"),
+        "{err}"
+    );
 }
 
 #[test]

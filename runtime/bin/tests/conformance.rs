@@ -1,5 +1,6 @@
 //! Third-party CloudEvents conformance material, run against the real binary: every valid event
 //! reaches a webhook unchanged, every invalid one is refused with a 4xx and never delivered.
+#![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
 mod common;
 
@@ -15,19 +16,18 @@ async fn setup() -> (tempfile::TempDir, Evmesh, Receiver, Receiver) {
     let binary = Receiver::start(Behaviour::default()).await;
     let structured = Receiver::start(Behaviour::default()).await;
     let cfg = format!(
-        "subscriptions:\n{}{}",
+        "subscriptions:\n{}  - name: structured\n    topic: conf\n    sink: {{ type: webhook, url: \"{}\", mode: structured }}\n",
         webhook_sub("bin", "conf", &binary.url(), ""),
-        format!(
-            "  - name: structured\n    topic: conf\n    sink: {{ type: webhook, url: \"{}\", mode: structured }}\n",
-            structured.url()
-        )
+        structured.url()
     );
     let ev = Evmesh::start(&dir.path().join("data"), &cfg);
     (dir, ev, binary, structured)
 }
 
 fn load(name: &str) -> Vec<Value> {
-    let path = conformance_dir().join("cloudevents-conformance-format-tests/format/json").join(name);
+    let path = conformance_dir()
+        .join("cloudevents-conformance-format-tests/format/json")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).unwrap();
     v["tests"].as_array().unwrap().clone()
@@ -49,8 +49,14 @@ fn assert_binary_matches(got: &Got, want: &Value, case: &str) {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let header = if k == "datacontenttype" { "content-type".to_owned() } else { format!("ce-{k}") };
-        let raw = got.header(&header).unwrap_or_else(|| panic!("{case}: missing header {header}"));
+        let header = if k == "datacontenttype" {
+            "content-type".to_owned()
+        } else {
+            format!("ce-{k}")
+        };
+        let raw = got
+            .header(&header)
+            .unwrap_or_else(|| panic!("{case}: missing header {header}"));
         let decoded = evmesh_core::http_binding::percent_decode(raw.as_bytes()).unwrap();
         assert_eq!(decoded, expect, "{case}: header {header}");
     }
@@ -74,10 +80,17 @@ async fn json_format_valid_events_are_delivered_unchanged() {
         )
         .await;
         assert_eq!(status, 202, "{name}: {body}");
-        assert!(wait_until(WAIT, || bin.count() > i && structured.count() > i).await, "{name} not delivered");
+        assert!(
+            wait_until(WAIT, || bin.count() > i && structured.count() > i).await,
+            "{name} not delivered"
+        );
         let got = &structured.events()[i];
         let delivered: Value = serde_json::from_slice(&got.body).unwrap();
-        assert_eq!(delivered, without_nulls(event), "{name}: structured delivery differs");
+        assert_eq!(
+            delivered,
+            without_nulls(event),
+            "{name}: structured delivery differs"
+        );
         let got = &bin.events()[i];
         assert_binary_matches(got, event, name);
         if let Some(Value::String(text)) = event.get("data") {
@@ -104,8 +117,14 @@ async fn json_format_invalid_events_are_refused_and_never_delivered() {
         .await;
         assert_eq!(status, 400, "{name} was not refused: {body}");
         let err: Value = serde_json::from_str(&body).unwrap();
-        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}: no error message");
-        assert!(err["attribute"].is_string(), "{name}: error names no attribute: {body}");
+        assert!(
+            err["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{name}: no error message"
+        );
+        assert!(
+            err["attribute"].is_string(),
+            "{name}: error names no attribute: {body}"
+        );
     }
     // A sentinel proves delivery works, and that nothing invalid went before it.
     assert_eq!(publish(&c, &ev, "conf", "sentinel", &[]).await, 202);
@@ -132,11 +151,18 @@ async fn json_batches_are_accepted_or_refused_whole() {
         .await;
         assert_eq!(status, 202, "{name}: {body}");
         let n = batch.len();
-        assert!(wait_until(WAIT, || structured.count() >= expected + n).await, "{name}: events missing");
+        assert!(
+            wait_until(WAIT, || structured.count() >= expected + n).await,
+            "{name}: events missing"
+        );
         // Deliveries run concurrently, so compare the batch as a multiset.
         let mut got: Vec<String> = structured.events()[expected..expected + n]
             .iter()
-            .map(|g| serde_json::from_slice::<Value>(&g.body).unwrap().to_string())
+            .map(|g| {
+                serde_json::from_slice::<Value>(&g.body)
+                    .unwrap()
+                    .to_string()
+            })
             .collect();
         let mut want: Vec<String> = batch.iter().map(|e| without_nulls(e).to_string()).collect();
         got.sort();
@@ -161,7 +187,11 @@ async fn json_batches_are_accepted_or_refused_whole() {
     assert_eq!(publish(&c, &ev, "conf", "sentinel", &[]).await, 202);
     assert!(wait_until(WAIT, || bin.count() == expected + 1).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(bin.count(), expected + 1, "an invalid batch was partly delivered");
+    assert_eq!(
+        bin.count(),
+        expected + 1,
+        "an invalid batch was partly delivered"
+    );
 }
 
 /// One event of the cloudevents/conformance YAML files.
@@ -178,7 +208,11 @@ fn scalar(v: &serde_yaml::Value) -> String {
         serde_yaml::Value::String(s) => s.clone(),
         serde_yaml::Value::Number(n) => {
             let s = n.to_string();
-            if s.contains('.') { s } else { format!("{s}.0") }
+            if s.contains('.') {
+                s
+            } else {
+                format!("{s}.0")
+            }
         }
         other => serde_yaml::to_string(other).unwrap().trim().to_owned(),
     }
@@ -187,7 +221,12 @@ fn scalar(v: &serde_yaml::Value) -> String {
 fn yaml_cases() -> Vec<(String, YamlCase)> {
     let base = conformance_dir().join("cloudevents-conformance/yaml");
     let mut out = Vec::new();
-    for file in ["v1.yaml", "v03.yaml", "v1.0/v1_minimum.yaml", "v0.3/v03_minimum.yaml"] {
+    for file in [
+        "v1.yaml",
+        "v03.yaml",
+        "v1.0/v1_minimum.yaml",
+        "v0.3/v03_minimum.yaml",
+    ] {
         let text = std::fs::read_to_string(base.join(file)).unwrap();
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let v = <serde_yaml::Value as serde::Deserialize>::deserialize(doc).unwrap();
@@ -210,7 +249,11 @@ fn yaml_cases() -> Vec<(String, YamlCase)> {
             let transport = v
                 .get("TransportExtensions")
                 .and_then(|t| t.as_mapping())
-                .map(|m| m.iter().map(|(k, v)| (k.as_str().unwrap().to_owned(), scalar(v))).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.as_str().unwrap().to_owned(), scalar(v)))
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push((
                 format!("{file}#{i}"),
@@ -239,7 +282,11 @@ async fn conformance_yaml_events_arrive_byte_for_byte() {
             Some(m) => vec![m],
             None => vec!["binary", "structured"],
         };
-        let ct = case.attrs.iter().find(|(k, _)| k == "datacontenttype").map(|(_, v)| v.clone());
+        let ct = case
+            .attrs
+            .iter()
+            .find(|(k, _)| k == "datacontenttype")
+            .map(|(_, v)| v.clone());
         for mode in modes {
             let (status, body) = if mode == "binary" {
                 let mut h: Vec<(String, String)> = Vec::new();
@@ -247,14 +294,21 @@ async fn conformance_yaml_events_arrive_byte_for_byte() {
                     if k == "datacontenttype" {
                         h.push(("content-type".into(), v.clone()));
                     } else {
-                        h.push((format!("ce-{k}"), evmesh_core::http_binding::percent_encode(v)));
+                        h.push((
+                            format!("ce-{k}"),
+                            evmesh_core::http_binding::percent_encode(v),
+                        ));
                     }
                 }
                 for (k, v) in &case.exts {
-                    h.push((format!("ce-{k}"), evmesh_core::http_binding::percent_encode(v)));
+                    h.push((
+                        format!("ce-{k}"),
+                        evmesh_core::http_binding::percent_encode(v),
+                    ));
                 }
                 h.extend(case.transport.iter().cloned());
-                let hr: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+                let hr: Vec<(&str, &str)> =
+                    h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
                 send(&c, "POST", &ev.url("/topics/conf"), &hr, case.data.clone()).await
             } else {
                 let mut o = serde_json::Map::new();
@@ -272,21 +326,42 @@ async fn conformance_yaml_events_arrive_byte_for_byte() {
                     text.push_str(&Value::String(case.data.clone()).to_string());
                 }
                 text.push('}');
-                send(&c, "POST", &ev.url("/topics/conf"), &[("content-type", "application/cloudevents+json")], text).await
+                send(
+                    &c,
+                    "POST",
+                    &ev.url("/topics/conf"),
+                    &[("content-type", "application/cloudevents+json")],
+                    text,
+                )
+                .await
             };
             assert_eq!(status, 202, "{name} ({mode}): {body}");
-            assert!(wait_until(WAIT, || bin.count() > n).await, "{name} ({mode}) not delivered");
+            assert!(
+                wait_until(WAIT, || bin.count() > n).await,
+                "{name} ({mode}) not delivered"
+            );
             let got = &bin.events()[n];
             n += 1;
             for (k, v) in case.attrs.iter().chain(case.exts.iter()) {
-                let header = if k == "datacontenttype" { "content-type".to_owned() } else { format!("ce-{k}") };
-                let raw = got.header(&header).unwrap_or_else(|| panic!("{name} ({mode}): no {header}"));
+                let header = if k == "datacontenttype" {
+                    "content-type".to_owned()
+                } else {
+                    format!("ce-{k}")
+                };
+                let raw = got
+                    .header(&header)
+                    .unwrap_or_else(|| panic!("{name} ({mode}): no {header}"));
                 let decoded = evmesh_core::http_binding::percent_decode(raw.as_bytes()).unwrap();
                 assert_eq!(&decoded, v, "{name} ({mode}): {header}");
             }
             // In structured mode JSON data is a JSON value: whitespace around it is not part of it.
-            let json_value = mode == "structured" && ct.as_deref().is_none_or(|c| c.contains("json"));
-            let want = if json_value { case.data.trim_end() } else { case.data.as_str() };
+            let json_value =
+                mode == "structured" && ct.as_deref().is_none_or(|c| c.contains("json"));
+            let want = if json_value {
+                case.data.trim_end()
+            } else {
+                case.data.as_str()
+            };
             assert_eq!(got.body, want.as_bytes(), "{name} ({mode}): data bytes");
         }
     }
@@ -309,10 +384,21 @@ async fn http_binding_feature_scenarios() {
             .lines()
             .map(str::trim)
             .filter(|l| l.starts_with('|'))
-            .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_owned()).collect())
+            .map(|l| {
+                l.trim_matches('|')
+                    .split('|')
+                    .map(|c| c.trim().to_owned())
+                    .collect()
+            })
             .collect();
-        let examples_at = table.iter().position(|r| r == &vec!["contentType".to_string()]).unwrap();
-        let attrs: Vec<(String, String)> = table[1..examples_at].iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+        let examples_at = table
+            .iter()
+            .position(|r| r == &vec!["contentType".to_string()])
+            .unwrap();
+        let attrs: Vec<(String, String)> = table[1..examples_at]
+            .iter()
+            .map(|r| (r[0].clone(), r[1].clone()))
+            .collect();
         for ex in &table[examples_at + 1..] {
             let ct = &ex[0];
             let text = dedent(request).replace("<contentType>", ct);
@@ -328,13 +414,24 @@ async fn http_binding_feature_scenarios() {
             let mut resp = String::new();
             s.read_to_string(&mut resp).await.unwrap();
             assert!(resp.starts_with("HTTP/1.1 202"), "{ct}: {resp}");
-            assert!(wait_until(WAIT, || bin.count() > n).await, "{ct}: not delivered");
+            assert!(
+                wait_until(WAIT, || bin.count() > n).await,
+                "{ct}: not delivered"
+            );
             let got = &bin.events()[n];
             n += 1;
             for (k, v) in &attrs {
                 let v = v.replace("<contentType>", ct);
-                let header = if k == "datacontenttype" { "content-type".to_owned() } else { format!("ce-{k}") };
-                assert_eq!(got.header(&header).as_deref(), Some(v.as_str()), "{ct}: {k}");
+                let header = if k == "datacontenttype" {
+                    "content-type".to_owned()
+                } else {
+                    format!("ce-{k}")
+                };
+                assert_eq!(
+                    got.header(&header).as_deref(),
+                    Some(v.as_str()),
+                    "{ct}: {k}"
+                );
             }
             let data: Value = serde_json::from_slice(&got.body).unwrap();
             assert_eq!(data, expected_json, "{ct}: data");
@@ -345,8 +442,22 @@ async fn http_binding_feature_scenarios() {
 
 fn dedent(s: &str) -> String {
     let lines: Vec<&str> = s.lines().skip_while(|l| l.trim().is_empty()).collect();
-    let indent = lines.iter().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min().unwrap_or(0);
-    let mut out: Vec<String> = lines.iter().map(|l| if l.len() >= indent { l[indent..].to_owned() } else { String::new() }).collect();
+    let indent = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let mut out: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            if l.len() >= indent {
+                l[indent..].to_owned()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
     while out.last().is_some_and(|l| l.trim().is_empty()) {
         out.pop();
     }

@@ -1,4 +1,5 @@
 //! Delivery semantics, end to end through the real binary and real HTTP receivers.
+#![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
 mod common;
 
@@ -15,7 +16,10 @@ const FAST: &str = "backoffDelay: PT0.01S, backoffMax: PT0.05S, timeout: PT2S";
 async fn ten_thousand_concurrent_publishes_are_all_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start(Behaviour::default()).await;
-    let cfg = format!("subscriptions:\n{}", webhook_sub("all", "load", &rx.url(), "    maxInFlight: 256\n"));
+    let cfg = format!(
+        "subscriptions:\n{}",
+        webhook_sub("all", "load", &rx.url(), "    maxInFlight: 256\n")
+    );
     let ev = Arc::new(Evmesh::start(&dir.path().join("d"), &cfg));
     let c = client();
     let mut tasks = Vec::new();
@@ -30,7 +34,11 @@ async fn ten_thousand_concurrent_publishes_are_all_delivered() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(wait_until(Duration::from_secs(60), || rx.count() >= 10_000).await, "only {} delivered", rx.count());
+    assert!(
+        wait_until(Duration::from_secs(60), || rx.count() >= 10_000).await,
+        "only {} delivered",
+        rx.count()
+    );
     let mut ids = rx.ids();
     ids.sort();
     ids.dedup();
@@ -41,39 +49,85 @@ async fn ten_thousand_concurrent_publishes_are_all_delivered() {
 async fn attempts_and_dead_letters_follow_the_policy_exactly() {
     let dir = tempfile::tempdir().unwrap();
     // Recovers after 3 failures: delivered on attempt 4 of 6.
-    let flaky = Receiver::start(Behaviour { fail_first: 3, fail_status: 500, ..Default::default() }).await;
+    let flaky = Receiver::start(Behaviour {
+        fail_first: 3,
+        fail_status: 500,
+        ..Default::default()
+    })
+    .await;
     // Never recovers: 1 + retry(2) = 3 attempts, then the dead-letter sink gets it once.
-    let down = Receiver::start(Behaviour { fail_first: usize::MAX, fail_status: 500, ..Default::default() }).await;
+    let down = Receiver::start(Behaviour {
+        fail_first: usize::MAX,
+        fail_status: 500,
+        ..Default::default()
+    })
+    .await;
     // 400 is not retried: 1 attempt.
-    let bad = Receiver::start(Behaviour { fail_first: usize::MAX, fail_status: 400, ..Default::default() }).await;
+    let bad = Receiver::start(Behaviour {
+        fail_first: usize::MAX,
+        fail_status: 400,
+        ..Default::default()
+    })
+    .await;
     let dlq = Receiver::start(Behaviour::default()).await;
-    let dls = format!("deadLetterSink: {{ type: webhook, url: \"{}\" }}", dlq.url());
+    let dls = format!(
+        "deadLetterSink: {{ type: webhook, url: \"{}\" }}",
+        dlq.url()
+    );
     let cfg = format!(
         "subscriptions:\n{}{}{}",
-        webhook_sub("flaky", "a", &flaky.url(), &format!("    delivery: {{ retry: 5, {FAST}, {dls} }}\n")),
-        webhook_sub("down", "b", &down.url(), &format!("    delivery: {{ retry: 2, {FAST}, {dls} }}\n")),
-        webhook_sub("bad", "c", &bad.url(), &format!("    delivery: {{ retry: 5, {FAST}, {dls} }}\n")),
+        webhook_sub(
+            "flaky",
+            "a",
+            &flaky.url(),
+            &format!("    delivery: {{ retry: 5, {FAST}, {dls} }}\n")
+        ),
+        webhook_sub(
+            "down",
+            "b",
+            &down.url(),
+            &format!("    delivery: {{ retry: 2, {FAST}, {dls} }}\n")
+        ),
+        webhook_sub(
+            "bad",
+            "c",
+            &bad.url(),
+            &format!("    delivery: {{ retry: 5, {FAST}, {dls} }}\n")
+        ),
     );
     let ev = Evmesh::start(&dir.path().join("d"), &cfg);
     let c = client();
     assert_eq!(publish(&c, &ev, "a", "ea", &[]).await, 202);
     assert_eq!(publish(&c, &ev, "b", "eb", &[]).await, 202);
     assert_eq!(publish(&c, &ev, "c", "ec", &[]).await, 202);
-    assert!(wait_until(WAIT, || flaky.count() == 1 && dlq.count() == 2).await, "dlq {}", dlq.count());
+    assert!(
+        wait_until(WAIT, || flaky.count() == 1 && dlq.count() == 2).await,
+        "dlq {}",
+        dlq.count()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(flaky.attempts(), 4);
     assert_eq!(down.attempts(), 3);
     assert_eq!(bad.attempts(), 1);
     let dead = dlq.events();
     assert_eq!(dead.len(), 2, "each dead event arrives once");
-    let by_id: HashMap<String, &Got> = dead.iter().map(|g| (g.header("ce-id").unwrap(), g)).collect();
+    let by_id: HashMap<String, &Got> = dead
+        .iter()
+        .map(|g| (g.header("ce-id").unwrap(), g))
+        .collect();
     let eb = by_id["eb"];
     assert_eq!(eb.header("ce-deadletterattempts").as_deref(), Some("3"));
     assert_eq!(eb.header("ce-deadletterstatus").as_deref(), Some("500"));
-    assert_eq!(eb.header("ce-deadlettersubscription").as_deref(), Some("down"));
+    assert_eq!(
+        eb.header("ce-deadlettersubscription").as_deref(),
+        Some("down")
+    );
     assert!(eb.header("ce-deadletterreason").unwrap().contains("500"));
     assert_eq!(eb.body, "data-eb".as_bytes(), "the original data is kept");
-    assert_eq!(by_id["ec"].header("ce-deadletterattempts").as_deref(), Some("1"));
+    assert_eq!(
+        by_id["ec"].header("ce-deadletterattempts").as_deref(),
+        Some("1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +149,11 @@ async fn a_receiver_down_for_seconds_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rx = Receiver::start_on(&addr.to_string(), Behaviour::default()).await;
-    assert!(wait_until(WAIT, || rx.count() >= 200).await, "only {} arrived", rx.count());
+    assert!(
+        wait_until(WAIT, || rx.count() >= 200).await,
+        "only {} arrived",
+        rx.count()
+    );
     let mut ids = rx.ids();
     ids.sort();
     ids.dedup();
@@ -105,14 +163,32 @@ async fn a_receiver_down_for_seconds_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
-    let rx = Receiver::start(Behaviour { fail_first: 1, fail_status: 429, retry_after: Some(1), ..Default::default() }).await;
-    let cfg = format!("subscriptions:\n{}", webhook_sub("s", "t", &rx.url(), &format!("    delivery: {{ retry: 3, {FAST} }}\n")));
+    let rx = Receiver::start(Behaviour {
+        fail_first: 1,
+        fail_status: 429,
+        retry_after: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let cfg = format!(
+        "subscriptions:\n{}",
+        webhook_sub(
+            "s",
+            "t",
+            &rx.url(),
+            &format!("    delivery: {{ retry: 3, {FAST} }}\n")
+        )
+    );
     let ev = Evmesh::start(&dir.path().join("d"), &cfg);
     let c = client();
     let t0 = Instant::now();
     assert_eq!(publish(&c, &ev, "t", "x", &[]).await, 202);
     assert!(wait_until(WAIT, || rx.count() == 1).await);
-    assert!(t0.elapsed() >= Duration::from_millis(950), "retried after {:?}, before Retry-After", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "retried after {:?}, before Retry-After",
+        t0.elapsed()
+    );
     assert_eq!(rx.attempts(), 2);
 }
 
@@ -120,7 +196,11 @@ async fn retry_after_is_honoured() {
 async fn reply_events_are_published_to_the_reply_topic() {
     let dir = tempfile::tempdir().unwrap();
     let reply = r#"{"specversion":"1.0","id":"reply-1","source":"/fn","type":"order.priced","data":{"total":42}}"#;
-    let func = Receiver::start(Behaviour { reply: Some(reply.into()), ..Default::default() }).await;
+    let func = Receiver::start(Behaviour {
+        reply: Some(reply.into()),
+        ..Default::default()
+    })
+    .await;
     let sink = Receiver::start(Behaviour::default()).await;
     let cfg = format!(
         "subscriptions:\n{}{}",
@@ -140,10 +220,19 @@ async fn reply_events_are_published_to_the_reply_topic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_key_keeps_each_key_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let rx = Receiver::start(Behaviour { delay: Duration::from_millis(2), ..Default::default() }).await;
+    let rx = Receiver::start(Behaviour {
+        delay: Duration::from_millis(2),
+        ..Default::default()
+    })
+    .await;
     let cfg = format!(
         "subscriptions:\n{}",
-        webhook_sub("s", "t", &rx.url(), "    ordering: key\n    maxInFlight: 32\n")
+        webhook_sub(
+            "s",
+            "t",
+            &rx.url(),
+            "    ordering: key\n    maxInFlight: 32\n"
+        )
     );
     let ev = Arc::new(Evmesh::start(&dir.path().join("d"), &cfg));
     let c = client();
@@ -153,7 +242,14 @@ async fn ordering_key_keeps_each_key_in_order() {
         tasks.push(tokio::spawn(async move {
             for i in 0..40 {
                 let key = format!("k{k}");
-                let st = publish(&c, &ev, "t", &format!("k{k}-{i:03}"), &[("ce-partitionkey", &key)]).await;
+                let st = publish(
+                    &c,
+                    &ev,
+                    "t",
+                    &format!("k{k}-{i:03}"),
+                    &[("ce-partitionkey", &key)],
+                )
+                .await;
                 assert_eq!(st, 202);
             }
         }));
@@ -161,10 +257,17 @@ async fn ordering_key_keeps_each_key_in_order() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(wait_until(WAIT, || rx.count() == 320).await, "{}", rx.count());
+    assert!(
+        wait_until(WAIT, || rx.count() == 320).await,
+        "{}",
+        rx.count()
+    );
     let mut per_key: HashMap<String, Vec<String>> = HashMap::new();
     for g in rx.events() {
-        per_key.entry(g.header("ce-partitionkey").unwrap()).or_default().push(g.header("ce-id").unwrap());
+        per_key
+            .entry(g.header("ce-partitionkey").unwrap())
+            .or_default()
+            .push(g.header("ce-id").unwrap());
     }
     assert_eq!(per_key.len(), 8);
     for (k, ids) in per_key {
@@ -198,12 +301,19 @@ async fn filters_route_events_to_matching_subscriptions() {
     ];
     for (id, ty, source, subject, region) in cases {
         let mut h = vec![
-            ("ce-specversion", "1.0"), ("ce-id", *id), ("ce-type", *ty), ("ce-source", *source), ("ce-subject", *subject),
+            ("ce-specversion", "1.0"),
+            ("ce-id", *id),
+            ("ce-type", *ty),
+            ("ce-source", *source),
+            ("ce-subject", *subject),
         ];
         if let Some(r) = region {
             h.push(("ce-region", r));
         }
-        assert_eq!(send(&c, "POST", &ev.url("/topics/orders"), &h, "x").await.0, 202);
+        assert_eq!(
+            send(&c, "POST", &ev.url("/topics/orders"), &h, "x").await.0,
+            202
+        );
     }
     assert!(wait_until(WAIT, || everything.count() == 4).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -221,22 +331,53 @@ async fn admin_api_subscriptions_persist_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let rx = Receiver::start(Behaviour::default()).await;
     let static_rx = Receiver::start(Behaviour::default()).await;
-    let cfg = format!("subscriptions:\n{}", webhook_sub("from-config", "t", &static_rx.url(), ""));
+    let cfg = format!(
+        "subscriptions:\n{}",
+        webhook_sub("from-config", "t", &static_rx.url(), "")
+    );
     let data = dir.path().join("d");
     let mut ev = Evmesh::start(&data, &cfg);
     let c = client();
-    let body = format!(r#"{{"topic":"t","sink":{{"type":"webhook","url":"{}"}},"filters":[{{"exact":{{"type":"keep"}}}}]}}"#, rx.url());
-    let (st, resp) = send(&c, "PUT", &ev.admin_url("/subscriptions/api-sub"), &[("content-type", "application/json")], body.clone()).await;
+    let body = format!(
+        r#"{{"topic":"t","sink":{{"type":"webhook","url":"{}"}},"filters":[{{"exact":{{"type":"keep"}}}}]}}"#,
+        rx.url()
+    );
+    let (st, resp) = send(
+        &c,
+        "PUT",
+        &ev.admin_url("/subscriptions/api-sub"),
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
     assert_eq!(st, 201, "{resp}");
-    let (st, _) = send(&c, "PUT", &ev.admin_url("/subscriptions/from-config"), &[], body.clone()).await;
-    assert_eq!(st, 409, "config-declared subscriptions are not changed through the API");
+    let (st, _) = send(
+        &c,
+        "PUT",
+        &ev.admin_url("/subscriptions/from-config"),
+        &[],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        st, 409,
+        "config-declared subscriptions are not changed through the API"
+    );
     let (st, resp) = send(&c, "PUT", &ev.admin_url("/subscriptions/broken"), &[], r#"{"topic":"t","sink":{"type":"webhook","url":"ftp://x"},"delivery":{"backoffDelay":"5 s"}}"#).await;
     assert_eq!(st, 400);
-    assert!(resp.contains("delivery.backoffDelay: invalid ISO-8601 duration"), "{resp}");
+    assert!(
+        resp.contains("delivery.backoffDelay: invalid ISO-8601 duration"),
+        "{resp}"
+    );
     let (st, list) = send(&c, "GET", &ev.admin_url("/subscriptions"), &[], "").await;
     assert_eq!(st, 200);
     let list: Value = serde_json::from_str(&list).unwrap();
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["api-sub", "from-config"]);
 
     assert_eq!(ev.terminate().code(), Some(0));
@@ -244,16 +385,37 @@ async fn admin_api_subscriptions_persist_across_restarts() {
     let (st, one) = send(&c, "GET", &ev.admin_url("/subscriptions/api-sub"), &[], "").await;
     assert_eq!(st, 200, "the API-created subscription survived the restart");
     assert!(one.contains("\"origin\":\"api\""));
-    let h = |ty: &'static str, id: &'static str| vec![("ce-specversion", "1.0"), ("ce-id", id), ("ce-type", ty), ("ce-source", "/s")];
+    let h = |ty: &'static str, id: &'static str| {
+        vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-type", ty),
+            ("ce-source", "/s"),
+        ]
+    };
     send(&c, "POST", &ev.url("/topics/t"), &h("keep", "k1"), "").await;
     send(&c, "POST", &ev.url("/topics/t"), &h("drop", "d1"), "").await;
     assert!(wait_until(WAIT, || static_rx.count() == 2 && rx.count() == 1).await);
     assert_eq!(rx.ids(), vec!["k1"]);
-    let (st, _) = send(&c, "DELETE", &ev.admin_url("/subscriptions/api-sub"), &[], "").await;
+    let (st, _) = send(
+        &c,
+        "DELETE",
+        &ev.admin_url("/subscriptions/api-sub"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(st, 204);
     let (st, _) = send(&c, "GET", &ev.admin_url("/subscriptions/api-sub"), &[], "").await;
     assert_eq!(st, 404);
-    let (st, _) = send(&c, "DELETE", &ev.admin_url("/subscriptions/from-config"), &[], "").await;
+    let (st, _) = send(
+        &c,
+        "DELETE",
+        &ev.admin_url("/subscriptions/from-config"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(st, 409);
 }
 
@@ -261,8 +423,21 @@ async fn admin_api_subscriptions_persist_across_restarts() {
 async fn dead_letter_list_keeps_events_until_redriven() {
     let dir = tempfile::tempdir().unwrap();
     // The first two requests are refused for good (422); later ones succeed.
-    let rx = Receiver::start(Behaviour { fail_first: 2, fail_status: 422, ..Default::default() }).await;
-    let cfg = format!("subscriptions:\n{}", webhook_sub("s", "t", &rx.url(), &format!("    delivery: {{ retry: 3, {FAST} }}\n")));
+    let rx = Receiver::start(Behaviour {
+        fail_first: 2,
+        fail_status: 422,
+        ..Default::default()
+    })
+    .await;
+    let cfg = format!(
+        "subscriptions:\n{}",
+        webhook_sub(
+            "s",
+            "t",
+            &rx.url(),
+            &format!("    delivery: {{ retry: 3, {FAST} }}\n")
+        )
+    );
     let data = dir.path().join("d");
     let mut ev = Evmesh::start(&data, &cfg);
     let c = client();
@@ -271,9 +446,20 @@ async fn dead_letter_list_keeps_events_until_redriven() {
     assert_eq!(publish(&c, &ev, "t", "b", &[]).await, 202);
     assert!(wait_until(WAIT, || rx.attempts() == 2).await);
     let list = || async {
-        let (st, body) = send(&c, "GET", &ev.admin_url("/subscriptions/s/deadletters"), &[], "").await;
+        let (st, body) = send(
+            &c,
+            "GET",
+            &ev.admin_url("/subscriptions/s/deadletters"),
+            &[],
+            "",
+        )
+        .await;
         assert_eq!(st, 200);
-        serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().clone()
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
     };
     let mut dead = Vec::new();
     for _ in 0..100 {
@@ -284,41 +470,110 @@ async fn dead_letter_list_keeps_events_until_redriven() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(dead.len(), 2);
-    assert!(dead[0]["deadletterreason"].as_str().unwrap().contains("422"));
+    assert!(dead[0]["deadletterreason"]
+        .as_str()
+        .unwrap()
+        .contains("422"));
     // The list survives a restart.
     assert_eq!(ev.terminate().code(), Some(0));
     ev = Evmesh::start(&data, &cfg);
-    let (st, body) = send(&c, "GET", &ev.admin_url("/subscriptions/s/deadletters"), &[], "").await;
+    let (st, body) = send(
+        &c,
+        "GET",
+        &ev.admin_url("/subscriptions/s/deadletters"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(st, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().len(), 2);
-    let (st, body) = send(&c, "POST", &ev.admin_url("/subscriptions/s/redrive"), &[], "").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (st, body) = send(
+        &c,
+        "POST",
+        &ev.admin_url("/subscriptions/s/redrive"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!((st, body.as_str()), (200, r#"{"redriven":2}"#));
     assert!(wait_until(WAIT, || rx.count() == 2).await);
     let mut ids = rx.ids();
     ids.sort();
     assert_eq!(ids, vec!["a", "b"]);
-    assert!(rx.events().iter().all(|g| g.header("ce-deadletterreason").is_none()));
-    let (_, body) = send(&c, "GET", &ev.admin_url("/subscriptions/s/deadletters"), &[], "").await;
+    assert!(rx
+        .events()
+        .iter()
+        .all(|g| g.header("ce-deadletterreason").is_none()));
+    let (_, body) = send(
+        &c,
+        "GET",
+        &ev.admin_url("/subscriptions/s/deadletters"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(body, "[]");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_specific_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let ev = Evmesh::start_with_env(&dir.path().join("d"), "", &[("EVMESH_SERVER__MAX_BODY_BYTES", "1000")]);
+    let ev = Evmesh::start_with_env(
+        &dir.path().join("d"),
+        "",
+        &[("EVMESH_SERVER__MAX_BODY_BYTES", "1000")],
+    );
     let c = client();
-    let ce = [("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "/s"), ("ce-type", "t")];
+    let ce = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "1"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+    ];
     let (st, body) = send(&c, "POST", &ev.url("/topics/t"), &ce, vec![b'x'; 2000]).await;
     assert_eq!(st, 413, "{body}");
     assert!(body.contains("1000-byte limit"));
     let (st, _) = send(&c, "GET", &ev.url("/topics/t"), &[], "").await;
     assert_eq!(st, 405);
-    let (st, _) = send(&c, "POST", &ev.url("/topics/t"), &[("content-type", "application/cloudevents+protobuf")], "x").await;
+    let (st, _) = send(
+        &c,
+        "POST",
+        &ev.url("/topics/t"),
+        &[("content-type", "application/cloudevents+protobuf")],
+        "x",
+    )
+    .await;
     assert_eq!(st, 415);
-    let (st, body) = send(&c, "POST", &ev.url("/topics/t"), &[("content-type", "application/cloudevents+json")], "{not json").await;
+    let (st, body) = send(
+        &c,
+        "POST",
+        &ev.url("/topics/t"),
+        &[("content-type", "application/cloudevents+json")],
+        "{not json",
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(body.contains("malformed JSON"), "{body}");
-    let (st, body) = send(&c, "POST", &ev.url("/topics/t"), &[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-type", "t"), ("ce-source", "%FF%FE")], "").await;
+    let (st, body) = send(
+        &c,
+        "POST",
+        &ev.url("/topics/t"),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-type", "t"),
+            ("ce-source", "%FF%FE"),
+        ],
+        "",
+    )
+    .await;
     assert_eq!(st, 400);
     assert!(body.contains("not valid UTF-8"), "{body}");
     let (st, body) = send(&c, "POST", &ev.url("/topics/__internal"), &ce, "").await;
@@ -330,7 +585,12 @@ async fn bad_requests_get_specific_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_retry_exits_cleanly_and_redelivers_without_dead_lettering() {
     let dir = tempfile::tempdir().unwrap();
-    let failing = Receiver::start(Behaviour { fail_first: usize::MAX, fail_status: 503, ..Default::default() }).await;
+    let failing = Receiver::start(Behaviour {
+        fail_first: usize::MAX,
+        fail_status: 503,
+        ..Default::default()
+    })
+    .await;
     let dlq = Receiver::start(Behaviour::default()).await;
     let data = dir.path().join("d");
     let cfg_for = |url: &str| {
@@ -348,9 +608,15 @@ async fn sigterm_mid_retry_exits_cleanly_and_redelivers_without_dead_lettering()
     assert!(wait_until(WAIT, || failing.attempts() == 1).await);
     let t0 = Instant::now();
     assert_eq!(ev.terminate().code(), Some(0));
-    assert!(t0.elapsed() < Duration::from_secs(15), "shutdown waited for the backoff");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "shutdown waited for the backoff"
+    );
     let ok = Receiver::start(Behaviour::default()).await;
     let _ev = Evmesh::start(&data, &cfg_for(&ok.url()));
-    assert!(wait_until(WAIT, || ok.count() == 1).await, "the interrupted event was not redelivered");
+    assert!(
+        wait_until(WAIT, || ok.count() == 1).await,
+        "the interrupted event was not redelivered"
+    );
     assert_eq!(dlq.count(), 0, "shutdown must not dead-letter");
 }

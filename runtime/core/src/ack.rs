@@ -25,7 +25,10 @@ pub struct AckHandle {
 
 impl AckHandle {
     pub fn new(offset: u64, tx: Sender<(u64, AckStatus)>) -> Self {
-        AckHandle { offset, tx: Some(tx) }
+        AckHandle {
+            offset,
+            tx: Some(tx),
+        }
     }
 
     pub fn offset(&self) -> u64 {

@@ -256,9 +256,16 @@ impl<'de> Deserialize<'de> for FilterConfig {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = FilterConfig;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "a filter: a mapping with one key out of {}", FILTER_DIALECTS.join(", "))
+                write!(
+                    f,
+                    "a filter: a mapping with one key out of {}",
+                    FILTER_DIALECTS.join(", ")
+                )
             }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FilterConfig, M::Error> {
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<FilterConfig, M::Error> {
                 use serde::de::Error;
                 let Some(key) = map.next_key::<String>()? else {
                     return Err(M::Error::custom(format!(
@@ -461,21 +468,19 @@ fn structural_errors(root: &Value) -> Vec<ConfigError> {
             "server" => typed::<ServerConfig>(v.clone(), key).err(),
             "store" => typed::<StoreConfig>(v.clone(), key).err(),
             "delivery" => typed::<DeliverySpec>(v.clone(), key).err(),
-            "subscriptions" => {
-                match v.as_sequence() {
-                    Some(seq) => {
-                        for (i, s) in seq.iter().enumerate() {
-                            subscription_structural_errors(
-                                s,
-                                &format!("subscriptions[{i}]"),
-                                &mut errors,
-                            );
-                        }
-                        None
+            "subscriptions" => match v.as_sequence() {
+                Some(seq) => {
+                    for (i, s) in seq.iter().enumerate() {
+                        subscription_structural_errors(
+                            s,
+                            &format!("subscriptions[{i}]"),
+                            &mut errors,
+                        );
                     }
-                    None => Some(ConfigError::new(key, "must be a list of subscriptions")),
+                    None
                 }
-            }
+                None => Some(ConfigError::new(key, "must be a list of subscriptions")),
+            },
             other => Some(ConfigError::new(
                 other,
                 "unknown key (known: server, store, delivery, subscriptions)",
@@ -540,11 +545,16 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
             "must be greater than 0",
         ));
     }
-    for (path, addr) in [("server.http", &cfg.server.http), ("server.admin", &cfg.server.admin)] {
+    for (path, addr) in [
+        ("server.http", &cfg.server.http),
+        ("server.admin", &cfg.server.admin),
+    ] {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             errors.push(ConfigError::new(
                 path,
-                format!("invalid listen address {addr:?} (expected IP:PORT such as 127.0.0.1:10105)"),
+                format!(
+                    "invalid listen address {addr:?} (expected IP:PORT such as 127.0.0.1:10105)"
+                ),
             ));
         }
     }
@@ -760,9 +770,14 @@ pub fn validate_http_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} has no host"));
     }
     if authority.contains('@') {
-        return Err(format!("{url:?}: credentials in the URL are not supported; use headers"));
+        return Err(format!(
+            "{url:?}: credentials in the URL are not supported; use headers"
+        ));
     }
-    if url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if url
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(format!("{url:?} contains whitespace"));
     }
     Ok(())
@@ -948,13 +963,14 @@ subscriptions:
         let errs = load(text, env(&[])).unwrap_err().0;
         let rendered: Vec<String> = errs.iter().map(ToString::to_string).collect();
         assert!(
-            rendered
-                .iter()
-                .any(|e| e == "subscriptions[2].delivery.backoffDelay: invalid ISO-8601 duration \"5 s\""),
+            rendered.iter().any(|e| e
+                == "subscriptions[2].delivery.backoffDelay: invalid ISO-8601 duration \"5 s\""),
             "{rendered:?}"
         );
         assert!(
-            rendered.iter().any(|e| e.starts_with("subscriptions[1].sink")),
+            rendered
+                .iter()
+                .any(|e| e.starts_with("subscriptions[1].sink")),
             "{rendered:?}"
         );
     }

@@ -26,7 +26,10 @@ impl IsoDuration {
             nanos = nanos.checked_add(parse_part(t, &[('H', 3600), ('M', 60), ('S', 1)])?)?;
         }
         let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
-        Some(IsoDuration(Duration::new(secs, (nanos % 1_000_000_000) as u32)))
+        Some(IsoDuration(Duration::new(
+            secs,
+            (nanos % 1_000_000_000) as u32,
+        )))
     }
 }
 
@@ -47,7 +50,10 @@ fn parse_part(s: &str, units: &[(char, u64)]) -> Option<u128> {
             Some(_) => return None,
             None => (num, ""),
         };
-        if int.is_empty() || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        if int.is_empty()
+            || !int.bytes().all(|b| b.is_ascii_digit())
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
             return None;
         }
         total = total.checked_add(int.parse::<u128>().ok()?.checked_mul(mult)?)?;
@@ -95,15 +101,29 @@ mod tests {
 
     #[test]
     fn parses_knative_style_durations() {
-        assert_eq!(IsoDuration::parse("PT0.2S").unwrap().0, Duration::from_millis(200));
-        assert_eq!(IsoDuration::parse("PT30S").unwrap().0, Duration::from_secs(30));
-        assert_eq!(IsoDuration::parse("P1DT1H1M1S").unwrap().0, Duration::from_secs(90061));
-        assert_eq!(IsoDuration::parse("PT1.5M").unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            IsoDuration::parse("PT0.2S").unwrap().0,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            IsoDuration::parse("PT30S").unwrap().0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            IsoDuration::parse("P1DT1H1M1S").unwrap().0,
+            Duration::from_secs(90061)
+        );
+        assert_eq!(
+            IsoDuration::parse("PT1.5M").unwrap().0,
+            Duration::from_secs(90)
+        );
     }
 
     #[test]
     fn rejects_malformed_durations() {
-        for bad in ["5 s", "PT", "P", "PT1S2M", "P1Y", "PT.5S", "PT1.S", "T1S", "PT-1S", "PT1.5M2S"] {
+        for bad in [
+            "5 s", "PT", "P", "PT1S2M", "P1Y", "PT.5S", "PT1.S", "T1S", "PT-1S", "PT1.5M2S",
+        ] {
             assert!(IsoDuration::parse(bad).is_none(), "{bad}");
         }
     }

@@ -269,7 +269,9 @@ pub fn validate_time(t: &str) -> Result<(), EventError> {
         .map_err(|_| {
             EventError::new(
                 "time",
-                format!("must be an RFC 3339 timestamp such as \"2018-04-05T17:31:00Z\", got {t:?}"),
+                format!(
+                    "must be an RFC 3339 timestamp such as \"2018-04-05T17:31:00Z\", got {t:?}"
+                ),
             )
         })
 }

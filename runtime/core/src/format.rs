@@ -66,7 +66,12 @@ pub fn is_json_content_type(ct: &str) -> bool {
 }
 
 fn is_text_content_type(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence.starts_with("text/") || essence.ends_with("/xml") || essence.ends_with("+xml")
 }
 
@@ -485,8 +490,9 @@ mod tests {
 
     #[test]
     fn batch_reports_index() {
-        let err = decode_batch(br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"}, "x"]"#)
-            .unwrap_err();
+        let err =
+            decode_batch(br#"[{"specversion":"1.0","id":"1","source":"/s","type":"t"}, "x"]"#)
+                .unwrap_err();
         assert_eq!(err.batch_index(), Some(1));
     }
 

@@ -169,7 +169,8 @@ pub fn percent_decode(v: &[u8]) -> Result<String, String> {
         out.push(b);
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| "header value is not valid UTF-8 after percent-decoding".into())
+    String::from_utf8(out)
+        .map_err(|_| "header value is not valid UTF-8 after percent-decoding".into())
 }
 
 #[cfg(test)]
@@ -193,7 +194,11 @@ mod tests {
 
     #[test]
     fn binary_decode_requires_core_attributes() {
-        let h = [("ce-specversion", &b"1.0"[..]), ("ce-id", b"1"), ("ce-type", b"t")];
+        let h = [
+            ("ce-specversion", &b"1.0"[..]),
+            ("ce-id", b"1"),
+            ("ce-type", b"t"),
+        ];
         let err = decode_binary(h, None, Bytes::new()).unwrap_err();
         assert_eq!(err.event_error().unwrap().attribute, "source");
     }

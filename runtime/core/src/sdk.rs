@@ -12,7 +12,10 @@ impl From<&cloudevents::Event> for Event {
         };
         let data = e.data().map(|d| match d {
             cloudevents::Data::Binary(b) => Data::binary(b.clone()),
-            cloudevents::Data::String(s) => Data { kind: DataKind::Text, bytes: Bytes::from(s.clone()) },
+            cloudevents::Data::String(s) => Data {
+                kind: DataKind::Text,
+                bytes: Bytes::from(s.clone()),
+            },
             cloudevents::Data::Json(v) => Data {
                 kind: DataKind::Json,
                 bytes: Bytes::from(v.to_string()),
@@ -26,7 +29,9 @@ impl From<&cloudevents::Event> for Event {
             datacontenttype: e.datacontenttype().map(str::to_owned),
             dataschema: e.dataschema().map(|u| u.to_string()),
             subject: e.subject().map(str::to_owned),
-            time: e.time().map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            time: e
+                .time()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             extensions: e
                 .iter_extensions()
                 .map(|(n, v)| {
@@ -48,7 +53,10 @@ impl TryFrom<&Event> for cloudevents::Event {
 
     fn try_from(e: &Event) -> Result<Self, EventError> {
         use cloudevents::EventBuilder as _;
-        let mut b = cloudevents::EventBuilderV10::new().id(&e.id).source(e.source.as_str()).ty(&e.ty);
+        let mut b = cloudevents::EventBuilderV10::new()
+            .id(&e.id)
+            .source(e.source.as_str())
+            .ty(&e.ty);
         if let Some(s) = &e.subject {
             b = b.subject(s.as_str());
         }
@@ -63,17 +71,23 @@ impl TryFrom<&Event> for cloudevents::Event {
             };
         }
         if let Some(d) = &e.data {
-            let ct = e.effective_content_type().unwrap_or("application/octet-stream").to_owned();
+            let ct = e
+                .effective_content_type()
+                .unwrap_or("application/octet-stream")
+                .to_owned();
             let data = match d.kind {
                 DataKind::Json => serde_json::from_slice::<serde_json::Value>(&d.bytes)
                     .map(cloudevents::Data::Json)
                     .unwrap_or_else(|_| cloudevents::Data::Binary(d.bytes.to_vec())),
-                DataKind::Text => cloudevents::Data::String(String::from_utf8_lossy(&d.bytes).into_owned()),
+                DataKind::Text => {
+                    cloudevents::Data::String(String::from_utf8_lossy(&d.bytes).into_owned())
+                }
                 DataKind::Binary => cloudevents::Data::Binary(d.bytes.to_vec()),
             };
             b = b.data(ct, data);
         }
-        b.build().map_err(|err| EventError::new("event", err.to_string()))
+        b.build()
+            .map_err(|err| EventError::new("event", err.to_string()))
     }
 }
 
@@ -87,7 +101,10 @@ mod tests {
         e.time = Some("2018-04-05T17:31:00Z".into());
         e.set_extension("n", ExtValue::Integer(3));
         e.datacontenttype = Some("application/json".into());
-        e.data = Some(Data { kind: DataKind::Json, bytes: Bytes::from_static(b"{\"a\":1}") });
+        e.data = Some(Data {
+            kind: DataKind::Json,
+            bytes: Bytes::from_static(b"{\"a\":1}"),
+        });
         let sdk = cloudevents::Event::try_from(&e).unwrap();
         assert_eq!(sdk.id(), "1");
         let back = Event::from(&sdk);

@@ -27,11 +27,19 @@ pub struct SinkError {
 
 impl SinkError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        SinkError { message: message.into(), hint: RetryHint::Retryable, status: None }
+        SinkError {
+            message: message.into(),
+            hint: RetryHint::Retryable,
+            status: None,
+        }
     }
 
     pub fn not_retryable(message: impl Into<String>) -> Self {
-        SinkError { message: message.into(), hint: RetryHint::NotRetryable, status: None }
+        SinkError {
+            message: message.into(),
+            hint: RetryHint::NotRetryable,
+            status: None,
+        }
     }
 
     pub fn with_status(mut self, status: u16) -> Self {

@@ -10,7 +10,9 @@ pub fn backoff_delay(spec: &DeliverySpec, attempt: u32) -> Duration {
     let base = spec.backoff_delay.0;
     let n = attempt.max(1);
     let raw = match spec.backoff_policy {
-        BackoffPolicy::Exponential => base.saturating_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX)),
+        BackoffPolicy::Exponential => {
+            base.saturating_mul(1u32.checked_shl(n - 1).unwrap_or(u32::MAX))
+        }
         BackoffPolicy::Linear => base.saturating_mul(n),
     };
     let capped = raw.min(spec.backoff_max.0);
@@ -35,9 +37,20 @@ mod tests {
     #[test]
     fn exponential_doubles_and_caps_with_jitter_in_upper_half() {
         let s = spec(BackoffPolicy::Exponential);
-        for (attempt, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             let d = backoff_delay(&s, attempt).as_millis() as u64;
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d} not in [{}, {full}]", full / 2);
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d} not in [{}, {full}]",
+                full / 2
+            );
         }
     }
 

@@ -92,18 +92,28 @@ impl Supervisor {
     }
 
     /// Builds the sinks and starts a subscription (replacing none).
-    pub async fn start(&self, config: SubscriptionConfig, origin: Origin) -> Result<(), DeliveryError> {
+    pub async fn start(
+        &self,
+        config: SubscriptionConfig,
+        origin: Origin,
+    ) -> Result<(), DeliveryError> {
         let name = config.name.clone();
         let mut subs = self.subs.lock().await;
         if subs.contains_key(&name) {
             return Err(DeliveryError::Exists(name));
         }
         let route = Arc::new(
-            Route::compile(config, origin, self.default_delivery.as_ref())
-                .map_err(|e| DeliveryError::Sink { name: name.clone(), message: e.to_string() })?,
+            Route::compile(config, origin, self.default_delivery.as_ref()).map_err(|e| {
+                DeliveryError::Sink {
+                    name: name.clone(),
+                    message: e.to_string(),
+                }
+            })?,
         );
-        let sink = (self.factory)(&route.config.sink)
-            .map_err(|message| DeliveryError::Sink { name: name.clone(), message })?;
+        let sink = (self.factory)(&route.config.sink).map_err(|message| DeliveryError::Sink {
+            name: name.clone(),
+            message,
+        })?;
         let dls = match &route.delivery.dead_letter_sink {
             Some(c) => Some((self.factory)(c).map_err(|message| DeliveryError::Sink {
                 name: name.clone(),
@@ -112,13 +122,26 @@ impl Supervisor {
             None => None,
         };
         let (stop, stop_rx) = watch::channel(false);
-        let ctx = Arc::new(Ctx { route: route.clone(), sink, dls, store: self.store.clone(), stop: stop_rx });
+        let ctx = Arc::new(Ctx {
+            route: route.clone(),
+            sink,
+            dls,
+            store: self.store.clone(),
+            stop: stop_rx,
+        });
         let mut tasks = Vec::new();
         for (topic, filtered, start) in [
             (route.config.topic.clone(), true, route.config.start),
             (redrive_topic(&name), false, StartPosition::Earliest),
         ] {
-            let stream = Stream::open(ctx.clone(), topic, filtered, start, self.board.clone(), self.drain_timeout)?;
+            let stream = Stream::open(
+                ctx.clone(),
+                topic,
+                filtered,
+                start,
+                self.board.clone(),
+                self.drain_timeout,
+            )?;
             tasks.push(tokio::spawn(stream.run()));
         }
         tracing::info!(subscription = %name, topic = %route.config.topic, sink = %ctx.sink.describe(), "subscription started");
@@ -141,7 +164,13 @@ impl Supervisor {
     }
 
     pub async fn routes(&self) -> Vec<Arc<Route>> {
-        let mut v: Vec<_> = self.subs.lock().await.values().map(|r| r.route.clone()).collect();
+        let mut v: Vec<_> = self
+            .subs
+            .lock()
+            .await
+            .values()
+            .map(|r| r.route.clone())
+            .collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
     }
@@ -174,7 +203,11 @@ impl Supervisor {
     }
 
     /// Deletes fully acknowledged segments, periodically.
-    pub fn spawn_gc(self: &Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    pub fn spawn_gc(
+        self: &Arc<Self>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -263,7 +296,13 @@ impl Stream {
                     StartPosition::Earliest => 0,
                     StartPosition::Latest => *ctx.store.watch_end(&topic).borrow(),
                 };
-                (CursorState { committed, attempts: BTreeMap::new() }, true)
+                (
+                    CursorState {
+                        committed,
+                        attempts: BTreeMap::new(),
+                    },
+                    true,
+                )
             }
         };
         if fresh {
@@ -306,7 +345,10 @@ impl Stream {
             .lock()
             .map(|a| a.range(committed..).map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default();
-        let state = CursorState { committed, attempts };
+        let state = CursorState {
+            committed,
+            attempts,
+        };
         if self.saved.as_ref() == Some(&state) {
             return;
         }
@@ -318,7 +360,9 @@ impl Stream {
                 }
                 self.saved = Some(state);
             }
-            Err(e) => tracing::error!(subscription = %name, error = %e, "could not persist the cursor"),
+            Err(e) => {
+                tracing::error!(subscription = %name, error = %e, "could not persist the cursor")
+            }
         }
     }
 
@@ -342,7 +386,12 @@ impl Stream {
             let room = self.max_in_flight().saturating_sub(self.running);
             let queued_ok = self.pending.len() < self.max_in_flight() * 16;
             if room > 0 && queued_ok && self.read_pos < end {
-                match self.ctx.store.read(&self.topic, self.read_pos, room.min(512)).await {
+                match self
+                    .ctx
+                    .store
+                    .read(&self.topic, self.read_pos, room.min(512))
+                    .await
+                {
                     Ok(batch) => {
                         for se in batch.events {
                             self.dispatch(se);
@@ -438,15 +487,24 @@ impl Stream {
 }
 
 /// Delivers one event under the subscription's policy; says how it ended.
-async fn deliver(ctx: &Ctx, offset: u64, event: Event, attempts: &Mutex<BTreeMap<u64, u32>>) -> AckStatus {
+async fn deliver(
+    ctx: &Ctx,
+    offset: u64,
+    event: Event,
+    attempts: &Mutex<BTreeMap<u64, u32>>,
+) -> AckStatus {
     let spec = &ctx.route.delivery;
     let max_attempts = spec.retry.saturating_add(1);
-    let mut made = attempts.lock().map(|a| a.get(&offset).copied().unwrap_or(0)).unwrap_or(0);
+    let mut made = attempts
+        .lock()
+        .map(|a| a.get(&offset).copied().unwrap_or(0))
+        .unwrap_or(0);
     let mut stop = ctx.stop.clone();
     let mut last: Option<SinkError> = None;
     loop {
         if made >= max_attempts {
-            let err = last.unwrap_or_else(|| SinkError::retryable("retries were exhausted before a restart"));
+            let err = last
+                .unwrap_or_else(|| SinkError::retryable("retries were exhausted before a restart"));
             return dead_letter(ctx, event, made, err).await;
         }
         if ctx.stopping() {
@@ -522,7 +580,11 @@ async fn dead_letter(ctx: &Ctx, mut event: Event, attempts: u32, err: SinkError)
     let mut stop = ctx.stop.clone();
     loop {
         let result = match &ctx.dls {
-            Some(dls) => dls.deliver(&event, spec.timeout.0).await.map(|_| ()).map_err(|e| e.message),
+            Some(dls) => dls
+                .deliver(&event, spec.timeout.0)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.message),
             None => ctx
                 .store
                 .append(&dlq_topic(name), std::slice::from_ref(&event))

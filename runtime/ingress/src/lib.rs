@@ -42,7 +42,10 @@ pub type Resp = Response<Full<Bytes>>;
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -73,7 +76,10 @@ fn media_type(req: &Request<Incoming>) -> String {
 }
 
 /// Reads a body up to `max` bytes; `Err` is the response to send.
-pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<(http::request::Parts, Bytes), Resp> {
+pub async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<(http::request::Parts, Bytes), Resp> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -91,8 +97,16 @@ pub async fn read_body(req: Request<Incoming>, max: usize) -> Result<(http::requ
     let (parts, body) = req.into_parts();
     match Limited::new(body, max).collect().await {
         Ok(c) => Ok((parts, c.to_bytes())),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {e}"),
+        )),
     }
 }
 
@@ -107,15 +121,22 @@ impl Ingest {
             return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
         }
         let Some(topic) = path.strip_prefix("/topics/") else {
-            return error(StatusCode::NOT_FOUND, format!("no route for {path}; publish with POST /topics/{{topic}}"));
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no route for {path}; publish with POST /topics/{{topic}}"),
+            );
         };
         let topic = topic.trim_end_matches('/').to_owned();
         if req.method() != Method::POST {
             let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{} is not allowed on /topics/{{topic}}; use POST", req.method()),
+                format!(
+                    "{} is not allowed on /topics/{{topic}}; use POST",
+                    req.method()
+                ),
             );
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return r;
         }
         if let Err(e) = validate_topic(&topic) {
@@ -123,7 +144,9 @@ impl Ingest {
         }
         let mt = media_type(&req);
         let binary = req.headers().contains_key("ce-specversion");
-        if !binary && mt.starts_with("application/cloudevents") && mt != "application/cloudevents+json"
+        if !binary
+            && mt.starts_with("application/cloudevents")
+            && mt != "application/cloudevents+json"
             && mt != "application/cloudevents-batch+json"
         {
             return error(
@@ -135,13 +158,20 @@ impl Ingest {
             Ok(x) => x,
             Err(resp) => return resp,
         };
-        let decoded: Result<Vec<Event>, DecodeError> = if mt == "application/cloudevents-batch+json" {
+        let decoded: Result<Vec<Event>, DecodeError> = if mt == "application/cloudevents-batch+json"
+        {
             format::decode_batch(&body)
         } else if mt == "application/cloudevents+json" {
             format::decode_structured(&body).map(|e| vec![e])
         } else {
-            let headers = parts.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
-            let ct = parts.headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()));
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes());
             http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
         };
         let events = match decoded {
@@ -153,17 +183,26 @@ impl Ingest {
                 StatusCode::ACCEPTED,
                 &serde_json::json!({ "accepted": ack.count, "firstOffset": ack.first }),
             ),
-            Err(StoreError::TooLarge(n)) => error(StatusCode::PAYLOAD_TOO_LARGE, format!("event of {n} bytes is too large")),
+            Err(StoreError::TooLarge(n)) => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("event of {n} bytes is too large"),
+            ),
             Err(e) => {
                 tracing::error!(topic = %topic, error = %e, "storing events failed");
-                error(StatusCode::SERVICE_UNAVAILABLE, format!("the events were not stored: {e}"))
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the events were not stored: {e}"),
+                )
             }
         }
     }
 }
 
 impl Handler for Ingest {
-    fn call(self: Arc<Self>, req: Request<Incoming>) -> futures_util::future::BoxFuture<'static, Resp> {
+    fn call(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> futures_util::future::BoxFuture<'static, Resp> {
         Box::pin(async move { self.handle(req).await })
     }
 }

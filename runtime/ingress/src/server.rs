@@ -33,10 +33,14 @@ pub async fn serve<H: Handler>(
 ) -> Result<ServerHandle, IngressError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| IngressError::Bind { addr: addr.to_owned(), source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| IngressError::Bind { addr: addr.to_owned(), source })?;
+        .map_err(|source| IngressError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| IngressError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
     let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         loop {

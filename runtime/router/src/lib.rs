@@ -52,7 +52,12 @@ impl Route {
             .or_else(|| default_delivery.cloned())
             .unwrap_or_default();
         let filter: Arc<dyn Filter> = Arc::new(Compiled::compile_list(&config.filters));
-        Ok(Route { config, origin, filter, delivery })
+        Ok(Route {
+            config,
+            origin,
+            filter,
+            delivery,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -99,8 +104,14 @@ mod tests {
 
     #[test]
     fn subscription_delivery_replaces_the_default_as_a_whole() {
-        let default = DeliverySpec { retry: 3, ..Default::default() };
-        let own = DeliverySpec { retry: 7, ..Default::default() };
+        let default = DeliverySpec {
+            retry: 3,
+            ..Default::default()
+        };
+        let own = DeliverySpec {
+            retry: 7,
+            ..Default::default()
+        };
         let r = Route::compile(sub(None), Origin::Config, Some(&default)).unwrap();
         assert_eq!(r.delivery.retry, 3);
         let r = Route::compile(sub(Some(own)), Origin::Config, Some(&default)).unwrap();

@@ -129,7 +129,11 @@ impl<'a> Reader<'a> {
 
 /// Decodes a payload; data bytes share the payload's buffer.
 pub fn decode(payload: &Bytes) -> Result<Event, CodecError> {
-    let mut r = Reader { buf: payload, pos: 0, whole: payload };
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+        whole: payload,
+    };
     if r.u8()? != VERSION {
         return Err(CodecError("unknown codec version"));
     }
@@ -175,7 +179,10 @@ pub fn decode(payload: &Bytes) -> Result<Event, CodecError> {
         Some(kind) => {
             let b = r.bytes()?;
             let start = b.as_ptr() as usize - r.buf.as_ptr() as usize;
-            Some(Data { kind, bytes: r.whole.slice(start..start + b.len()) })
+            Some(Data {
+                kind,
+                bytes: r.whole.slice(start..start + b.len()),
+            })
         }
     };
     let [datacontenttype, dataschema, subject, time] = opts;

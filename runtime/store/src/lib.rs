@@ -67,7 +67,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StoreError::Io { context: context.into(), source }
+        StoreError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -125,13 +128,31 @@ pub struct StoreProblem {
 /// RocketMQ-backed stores implement it as well.
 pub trait Store: Send + Sync + 'static {
     /// Makes the events durable (per the fsync policy) as one unit; resolves only then.
-    fn append(&self, topic: &str, events: &[Event]) -> BoxFuture<'static, Result<AppendAck, StoreError>>;
+    fn append(
+        &self,
+        topic: &str,
+        events: &[Event],
+    ) -> BoxFuture<'static, Result<AppendAck, StoreError>>;
     /// Reads up to `max` durable events starting at `from`.
-    fn read(&self, topic: &str, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>>;
+    fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'static, Result<ReadBatch, StoreError>>;
     /// The next offset to be written (the durable end), observable for changes.
     fn watch_end(&self, topic: &str) -> watch::Receiver<u64>;
-    fn load_cursor(&self, subscription: &str, topic: &str) -> Result<Option<CursorState>, StoreError>;
-    fn save_cursor(&self, subscription: &str, topic: &str, state: &CursorState) -> Result<(), StoreError>;
+    fn load_cursor(
+        &self,
+        subscription: &str,
+        topic: &str,
+    ) -> Result<Option<CursorState>, StoreError>;
+    fn save_cursor(
+        &self,
+        subscription: &str,
+        topic: &str,
+        state: &CursorState,
+    ) -> Result<(), StoreError>;
     fn delete_subscription_state(&self, subscription: &str) -> Result<(), StoreError>;
     fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError>;
     fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError>;
@@ -245,7 +266,13 @@ impl EmbeddedStore {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
-        if let Some(t) = self.inner.topics.read().map_err(|_| lock_poisoned())?.get(name) {
+        if let Some(t) = self
+            .inner
+            .topics
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .get(name)
+        {
             return Ok(t.clone());
         }
         let mut topics = self.inner.topics.write().map_err(|_| lock_poisoned())?;
@@ -273,7 +300,12 @@ impl EmbeddedStore {
     }
 
     /// Blocking read; see [`Store::read`].
-    pub fn read_blocking(&self, topic: &str, from: u64, max: usize) -> Result<ReadBatch, StoreError> {
+    pub fn read_blocking(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadBatch, StoreError> {
         let t = self.topic(topic)?;
         read_topic(&t, from, max)
     }
@@ -296,11 +328,19 @@ fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, StoreError>
             }
         }
         let Some(s) = found else {
-            return Ok(ReadBatch { events: Vec::new(), next: from });
+            return Ok(ReadBatch {
+                events: Vec::new(),
+                next: from,
+            });
         };
-        let to = (s.base + s.positions.len() as u64).min(durable).min(from + max as u64);
+        let to = (s.base + s.positions.len() as u64)
+            .min(durable)
+            .min(from + max as u64);
         if to <= from {
-            return Ok(ReadBatch { events: Vec::new(), next: from });
+            return Ok(ReadBatch {
+                events: Vec::new(),
+                next: from,
+            });
         }
         let snapshot = Segment {
             base: s.base,
@@ -327,9 +367,15 @@ fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, StoreError>
     Ok(ReadBatch { events, next: to })
 }
 
-fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Result<Topic, StoreError> {
+fn recover_topic(
+    name: &str,
+    dir: &Path,
+    problems: &mut Vec<StoreProblem>,
+) -> Result<Topic, StoreError> {
     let mut bases: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))? {
+    for entry in
+        fs::read_dir(dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?
+    {
         let entry = entry.map_err(|e| StoreError::io("listing segments", e))?;
         let fname = entry.file_name().to_string_lossy().into_owned();
         if let Some(base) = parse_segment_name(&fname) {
@@ -342,7 +388,8 @@ fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Re
     let count = bases.len();
     for (i, (base, path)) in bases.into_iter().enumerate() {
         let last = i + 1 == count;
-        let sc = scan(&path, base).map_err(|e| StoreError::io(format!("scanning {}", path.display()), e))?;
+        let sc = scan(&path, base)
+            .map_err(|e| StoreError::io(format!("scanning {}", path.display()), e))?;
         match &sc.damage {
             Some(Damage::TornTail { byte_offset }) if last => {
                 tracing::warn!(segment = %path.display(), byte_offset, "cutting off a torn record left by a crash");
@@ -351,11 +398,14 @@ fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Re
                     .open(&path)
                     .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
                 let keep = sc.valid_end.max(MAGIC.len() as u64);
-                f.set_len(keep).map_err(|e| StoreError::io("truncating a torn record", e))?;
+                f.set_len(keep)
+                    .map_err(|e| StoreError::io("truncating a torn record", e))?;
                 if sc.file_len < MAGIC.len() as u64 {
-                    (&f).write_all(MAGIC).map_err(|e| StoreError::io("rewriting a segment header", e))?;
+                    (&f).write_all(MAGIC)
+                        .map_err(|e| StoreError::io("rewriting a segment header", e))?;
                 }
-                f.sync_all().map_err(|e| StoreError::io("syncing a repaired segment", e))?;
+                f.sync_all()
+                    .map_err(|e| StoreError::io("syncing a repaired segment", e))?;
             }
             Some(d) => {
                 let (byte_offset, record, reason) = match d {
@@ -364,10 +414,15 @@ fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Re
                         base + sc.positions.len() as u64,
                         "incomplete record inside a sealed segment".to_owned(),
                     ),
-                    Damage::Corrupt { byte_offset, record, reason } => (*byte_offset, *record, reason.clone()),
+                    Damage::Corrupt {
+                        byte_offset,
+                        record,
+                        reason,
+                    } => (*byte_offset, *record, reason.clone()),
                 };
                 let q = path.with_extension("log.quarantined");
-                fs::rename(&path, &q).map_err(|e| StoreError::io(format!("quarantining {}", path.display()), e))?;
+                fs::rename(&path, &q)
+                    .map_err(|e| StoreError::io(format!("quarantining {}", path.display()), e))?;
                 problems.push(StoreProblem {
                     topic: name.to_owned(),
                     segment: path.clone(),
@@ -382,10 +437,18 @@ fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Re
             }
             None => {}
         }
-        let file = File::open(&path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let file = File::open(&path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
         let end = sc.valid_end.max(MAGIC.len() as u64);
         quarantined.clear(); // a valid segment after them bounds their offsets already
-        segs.push(SegMeta { base, path, file: Arc::new(file), positions: sc.positions, end, sealed: !last });
+        segs.push(SegMeta {
+            base,
+            path,
+            file: Arc::new(file),
+            positions: sc.positions,
+            end,
+            sealed: !last,
+        });
     }
     let next = segs
         .last()
@@ -405,6 +468,10 @@ fn recover_topic(name: &str, dir: &Path, problems: &mut Vec<StoreProblem>) -> Re
     })
 }
 
+/// Index updates of one commit: per topic, per segment base the new record positions and end,
+/// and the topic's next offset.
+type IndexUpdates = Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>;
+
 /// The writer's state for a topic's newest segment.
 struct Active {
     base: u64,
@@ -420,7 +487,10 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the log writer");
@@ -460,7 +530,9 @@ impl Writer {
                 }
                 if !batch.is_empty() {
                     self.commit(batch, &mut dirty);
-                    if self.opts.fsync == FsyncPolicy::Interval && last_sync.elapsed() >= self.opts.fsync_interval {
+                    if self.opts.fsync == FsyncPolicy::Interval
+                        && last_sync.elapsed() >= self.opts.fsync_interval
+                    {
                         sync_all(&mut dirty);
                         last_sync = Instant::now();
                     }
@@ -477,11 +549,14 @@ impl Writer {
 
     fn active_for(&mut self, t: &Topic) -> Result<&mut Active, StoreError> {
         if !self.active.contains_key(&t.name) {
-            fs::create_dir_all(&t.dir).map_err(|e| StoreError::io(format!("creating {}", t.dir.display()), e))?;
+            fs::create_dir_all(&t.dir)
+                .map_err(|e| StoreError::io(format!("creating {}", t.dir.display()), e))?;
             let next = t.durable_end();
             let reuse = {
                 let log = t.log.read().map_err(|_| lock_poisoned())?;
-                log.last().filter(|s| !s.sealed).map(|s| (s.base, s.path.clone(), s.end))
+                log.last()
+                    .filter(|s| !s.sealed)
+                    .map(|s| (s.base, s.path.clone(), s.end))
             };
             let a = match reuse {
                 Some((base, path, end)) => {
@@ -489,7 +564,12 @@ impl Writer {
                         .append(true)
                         .open(&path)
                         .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-                    Active { base, file, size: end, next }
+                    Active {
+                        base,
+                        file,
+                        size: end,
+                        next,
+                    }
                 }
                 None => self.create_segment(t, next)?,
             };
@@ -508,14 +588,17 @@ impl Writer {
             .write(true)
             .open(&path)
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
-        file.write_all(MAGIC).map_err(|e| StoreError::io("writing a segment header", e))?;
+        file.write_all(MAGIC)
+            .map_err(|e| StoreError::io("writing a segment header", e))?;
         if self.opts.fsync == FsyncPolicy::Always {
-            file.sync_all().map_err(|e| StoreError::io("syncing a new segment", e))?;
+            file.sync_all()
+                .map_err(|e| StoreError::io("syncing a new segment", e))?;
             if let Ok(d) = File::open(&t.dir) {
                 let _ = d.sync_all();
             }
         }
-        let read = File::open(&path).map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let read = File::open(&path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
         let mut log = t.log.write().map_err(|_| lock_poisoned())?;
         if let Some(last) = log.last_mut() {
             last.sealed = true;
@@ -528,13 +611,18 @@ impl Writer {
             end: MAGIC.len() as u64,
             sealed: false,
         });
-        Ok(Active { base, file, size: MAGIC.len() as u64, next: base })
+        Ok(Active {
+            base,
+            file,
+            size: MAGIC.len() as u64,
+            next: base,
+        })
     }
 
     /// Writes one group of appends, syncs once, then answers every publisher.
     fn commit(&mut self, batch: Vec<AppendReq>, dirty: &mut Vec<File>) {
         // topic -> (segment base -> new positions, new end)
-        let mut index: Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)> = Vec::new();
+        let mut index: IndexUpdates = Vec::new();
         let mut results: Vec<Result<AppendAck, StoreError>> = Vec::with_capacity(batch.len());
         let mut to_sync: Vec<File> = Vec::new();
         for req in &batch {
@@ -547,7 +635,10 @@ impl Writer {
                     tracing::error!(error = %e, "fdatasync failed; failing the publishes of this group");
                     for r in results.iter_mut() {
                         if r.is_ok() {
-                            *r = Err(StoreError::io("fdatasync", std::io::Error::new(e.kind(), e.to_string())));
+                            *r = Err(StoreError::io(
+                                "fdatasync",
+                                std::io::Error::new(e.kind(), e.to_string()),
+                            ));
                         }
                     }
                     // Forget the writer state so the next append re-reads the file end.
@@ -578,7 +669,7 @@ impl Writer {
     fn write_one(
         &mut self,
         req: &AppendReq,
-        index: &mut Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>,
+        index: &mut IndexUpdates,
         to_sync: &mut Vec<File>,
     ) -> Result<AppendAck, StoreError> {
         let seg_limit = self.opts.segment_bytes;
@@ -648,7 +739,10 @@ impl Writer {
             p += bytes as usize;
             i = j;
         }
-        Ok(AppendAck { first, count: req.lens.len() as u64 })
+        Ok(AppendAck {
+            first,
+            count: req.lens.len() as u64,
+        })
     }
 }
 
@@ -662,17 +756,25 @@ fn sync_all(dirty: &mut Vec<File>) {
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     }
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
-    f.write_all(bytes).map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
-    f.sync_data().map_err(|e| StoreError::io(format!("syncing {}", tmp.display()), e))?;
+    let mut f =
+        File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
+    f.write_all(bytes)
+        .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
+    f.sync_data()
+        .map_err(|e| StoreError::io(format!("syncing {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| StoreError::io(format!("renaming {}", tmp.display()), e))
 }
 
 impl Store for EmbeddedStore {
-    fn append(&self, topic: &str, events: &[Event]) -> BoxFuture<'static, Result<AppendAck, StoreError>> {
+    fn append(
+        &self,
+        topic: &str,
+        events: &[Event],
+    ) -> BoxFuture<'static, Result<AppendAck, StoreError>> {
         let mut frames = Vec::with_capacity(events.len() * 256);
         let mut lens = Vec::with_capacity(events.len());
         let mut payload = Vec::with_capacity(512);
@@ -693,18 +795,31 @@ impl Store for EmbeddedStore {
         Box::pin(async move {
             let topic = topic?;
             if lens.is_empty() {
-                return Ok(AppendAck { first: topic.durable_end(), count: 0 });
+                return Ok(AppendAck {
+                    first: topic.durable_end(),
+                    count: 0,
+                });
             }
             let (reply, rx) = oneshot::channel();
             writer
-                .send(WriterMsg::Append(AppendReq { topic, frames, lens, reply }))
+                .send(WriterMsg::Append(AppendReq {
+                    topic,
+                    frames,
+                    lens,
+                    reply,
+                }))
                 .await
                 .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
 
-    fn read(&self, topic: &str, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
+    fn read(
+        &self,
+        topic: &str,
+        from: u64,
+        max: usize,
+    ) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
         let t = self.topic(topic);
         Box::pin(async move {
             let t = t?;
@@ -721,26 +836,46 @@ impl Store for EmbeddedStore {
         }
     }
 
-    fn load_cursor(&self, subscription: &str, topic: &str) -> Result<Option<CursorState>, StoreError> {
+    fn load_cursor(
+        &self,
+        subscription: &str,
+        topic: &str,
+    ) -> Result<Option<CursorState>, StoreError> {
         let path = self.cursor_path(subscription, topic);
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| StoreError::State { path, reason: e.to_string() }),
+                .map_err(|e| StoreError::State {
+                    path,
+                    reason: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
         }
     }
 
-    fn save_cursor(&self, subscription: &str, topic: &str, state: &CursorState) -> Result<(), StoreError> {
+    fn save_cursor(
+        &self,
+        subscription: &str,
+        topic: &str,
+        state: &CursorState,
+    ) -> Result<(), StoreError> {
         let path = self.cursor_path(subscription, topic);
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::State { path: path.clone(), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
         write_atomic(&path, &bytes)
     }
 
     fn delete_subscription_state(&self, subscription: &str) -> Result<(), StoreError> {
-        let dir = self.inner.opts.data_dir.join("subscriptions").join(subscription);
+        let dir = self
+            .inner
+            .opts
+            .data_dir
+            .join("subscriptions")
+            .join(subscription);
         let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -752,7 +887,10 @@ impl Store for EmbeddedStore {
     fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError> {
         let path = self.inner.opts.data_dir.join("subscriptions.json");
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::State { path, reason: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::State {
+                path,
+                reason: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
         }
@@ -760,8 +898,10 @@ impl Store for EmbeddedStore {
 
     fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError> {
         let path = self.inner.opts.data_dir.join("subscriptions.json");
-        let bytes = serde_json::to_vec_pretty(subs)
-            .map_err(|e| StoreError::State { path: path.clone(), reason: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(subs).map_err(|e| StoreError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
         write_atomic(&path, &bytes)
     }
@@ -810,7 +950,11 @@ impl Store for EmbeddedStore {
     }
 
     fn problems(&self) -> Vec<StoreProblem> {
-        self.inner.problems.lock().map(|p| p.clone()).unwrap_or_default()
+        self.inner
+            .problems
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     fn close(&self) -> BoxFuture<'static, ()> {
@@ -861,7 +1005,10 @@ pub fn fsck(data_dir: &Path) -> Result<FsckReport, StoreError> {
     for td in topic_dirs {
         let topic = td.file_name().to_string_lossy().into_owned();
         let mut segs: Vec<(u64, PathBuf)> = Vec::new();
-        for e in fs::read_dir(td.path()).map_err(|e| StoreError::io("listing segments", e))?.flatten() {
+        for e in fs::read_dir(td.path())
+            .map_err(|e| StoreError::io("listing segments", e))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".quarantined") {
                 report.quarantined.push(e.path());
@@ -872,7 +1019,8 @@ pub fn fsck(data_dir: &Path) -> Result<FsckReport, StoreError> {
         segs.sort();
         let n = segs.len();
         for (i, (base, path)) in segs.into_iter().enumerate() {
-            let sc = scan(&path, base).map_err(|e| StoreError::io(format!("scanning {}", path.display()), e))?;
+            let sc = scan(&path, base)
+                .map_err(|e| StoreError::io(format!("scanning {}", path.display()), e))?;
             report.segments += 1;
             report.records += sc.positions.len() as u64;
             let problem = |byte_offset, record, reason: String| StoreProblem {
@@ -883,19 +1031,23 @@ pub fn fsck(data_dir: &Path) -> Result<FsckReport, StoreError> {
                 reason,
             };
             match sc.damage {
-                Some(Damage::TornTail { byte_offset }) if i + 1 == n => report.torn_tails.push(problem(
-                    byte_offset,
-                    base + sc.positions.len() as u64,
-                    "torn last record (cut off at next start)".into(),
-                )),
+                Some(Damage::TornTail { byte_offset }) if i + 1 == n => {
+                    report.torn_tails.push(problem(
+                        byte_offset,
+                        base + sc.positions.len() as u64,
+                        "torn last record (cut off at next start)".into(),
+                    ))
+                }
                 Some(Damage::TornTail { byte_offset }) => report.corrupt.push(problem(
                     byte_offset,
                     base + sc.positions.len() as u64,
                     "incomplete record inside a sealed segment".into(),
                 )),
-                Some(Damage::Corrupt { byte_offset, record, reason }) => {
-                    report.corrupt.push(problem(byte_offset, record, reason))
-                }
+                Some(Damage::Corrupt {
+                    byte_offset,
+                    record,
+                    reason,
+                }) => report.corrupt.push(problem(byte_offset, record, reason)),
                 None => {}
             }
         }

@@ -36,7 +36,11 @@ pub enum Damage {
     /// The last record is incomplete: a crash mid-append. Safe to cut off.
     TornTail { byte_offset: u64 },
     /// A bad record with valid data after it, or in a sealed segment.
-    Corrupt { byte_offset: u64, record: u64, reason: String },
+    Corrupt {
+        byte_offset: u64,
+        record: u64,
+        reason: String,
+    },
 }
 
 pub struct Scan {
@@ -82,24 +86,34 @@ pub fn scan(path: &Path, base: u64) -> io::Result<Scan> {
     while pos < buf.len() {
         let record = base + positions.len() as u64;
         if buf.len() - pos < FRAME {
-            damage = Some(Damage::TornTail { byte_offset: pos as u64 });
+            damage = Some(Damage::TornTail {
+                byte_offset: pos as u64,
+            });
             break;
         }
         let len = u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
         let crc = u32::from_le_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]);
         let end = pos + FRAME + len;
         if len > MAX_RECORD {
-            damage = Some(corrupt(pos as u64, record, format!("record length {len} is impossible")));
+            damage = Some(corrupt(
+                pos as u64,
+                record,
+                format!("record length {len} is impossible"),
+            ));
             break;
         }
         if end > buf.len() {
-            damage = Some(Damage::TornTail { byte_offset: pos as u64 });
+            damage = Some(Damage::TornTail {
+                byte_offset: pos as u64,
+            });
             break;
         }
         if crc32fast::hash(&buf[pos + FRAME..end]) != crc {
             damage = Some(if end == buf.len() {
                 // The very last record is bad and nothing follows: a torn write.
-                Damage::TornTail { byte_offset: pos as u64 }
+                Damage::TornTail {
+                    byte_offset: pos as u64,
+                }
             } else {
                 corrupt(pos as u64, record, "CRC mismatch".into())
             });
@@ -113,7 +127,12 @@ pub fn scan(path: &Path, base: u64) -> io::Result<Scan> {
         .map(|_| pos as u64)
         .unwrap_or(MAGIC.len() as u64)
         .min(pos as u64);
-    Ok(Scan { positions, valid_end, file_len, damage })
+    Ok(Scan {
+        positions,
+        valid_end,
+        file_len,
+        damage,
+    })
 }
 
 /// A segment as readers see it.
@@ -135,7 +154,11 @@ impl Segment {
             return Ok(Vec::new());
         }
         let start = u64::from(self.positions[i]);
-        let stop = if j < self.positions.len() { u64::from(self.positions[j]) } else { self.end };
+        let stop = if j < self.positions.len() {
+            u64::from(self.positions[j])
+        } else {
+            self.end
+        };
         let mut buf = vec![0u8; (stop - start) as usize];
         self.file
             .read_exact_at(&mut buf, start)
@@ -144,7 +167,9 @@ impl Segment {
         let mut out = Vec::with_capacity(j - i);
         let mut p = 0usize;
         for k in i..j {
-            let hdr = buf.get(p..p + FRAME).ok_or_else(|| self.corrupt(k, "short frame"))?;
+            let hdr = buf
+                .get(p..p + FRAME)
+                .ok_or_else(|| self.corrupt(k, "short frame"))?;
             let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
             let crc = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
             let payload = buf.slice(p + FRAME..(p + FRAME + len).min(buf.len()));

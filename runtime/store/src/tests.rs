@@ -58,7 +58,9 @@ fn appends_are_read_back_in_order_across_segments() {
         }
         s.close().await;
     });
-    let segs = fs::read_dir(dir.path().join("topics/orders")).unwrap().count();
+    let segs = fs::read_dir(dir.path().join("topics/orders"))
+        .unwrap()
+        .count();
     assert!(segs > 2, "expected several segments, got {segs}");
 }
 
@@ -97,7 +99,10 @@ fn torn_tail_is_cut_off_at_open() {
         assert!(s.problems().is_empty());
         assert_eq!(s.append("t", &[ev(2)]).await.unwrap().first, 2);
         let all = read_all(&s, "t");
-        assert_eq!(all.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            all.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         s.close().await;
     });
 }
@@ -133,7 +138,10 @@ fn corrupt_record_quarantines_segment_and_fsck_reports_it() {
         assert!(!all.is_empty() && all.len() < 60);
         assert!(all[0].offset > 0, "reads skip the quarantined range");
         let next = s.append("t", &[ev(99)]).await.unwrap().first;
-        assert_eq!(next, 60, "the segment after the quarantined one bounds the offsets");
+        assert_eq!(
+            next, 60,
+            "the segment after the quarantined one bounds the offsets"
+        );
         s.close().await;
     });
     let report = fsck(dir.path()).unwrap();
@@ -148,7 +156,9 @@ fn concurrent_appends_share_commits_and_get_distinct_offsets() {
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = s.clone();
-            tasks.push(tokio::spawn(async move { s.append("t", &[ev(i)]).await.unwrap().first }));
+            tasks.push(tokio::spawn(async move {
+                s.append("t", &[ev(i)]).await.unwrap().first
+            }));
         }
         let mut offsets = Vec::new();
         for t in tasks {
@@ -182,7 +192,10 @@ fn garbage_collection_keeps_what_a_cursor_still_needs() {
 fn cursors_and_api_subscriptions_persist() {
     let dir = tempfile::tempdir().unwrap();
     let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
-    let mut c = CursorState { committed: 42, ..Default::default() };
+    let mut c = CursorState {
+        committed: 42,
+        ..Default::default()
+    };
     c.attempts.insert(43, 3);
     s.save_cursor("sub", "t", &c).unwrap();
     assert_eq!(s.load_cursor("sub", "t").unwrap(), Some(c));

@@ -1,6 +1,6 @@
 //! Shared pieces of the integration suite: the real `evmesh` binary as a child process, a real
 //! HTTP receiver that records what it gets, and a small HTTP client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -64,7 +64,9 @@ impl Evmesh {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                for (marker, which) in [("http ingest listening on ", 0), ("admin listening on ", 1)] {
+                for (marker, which) in
+                    [("http ingest listening on ", 0), ("admin listening on ", 1)]
+                {
                     if let Some(pos) = line.find(marker) {
                         let addr: SocketAddr = line[pos + marker.len()..].trim().parse().unwrap();
                         let _ = tx.send((which, addr));
@@ -89,7 +91,13 @@ impl Evmesh {
                 }
             }
         }
-        Evmesh { child: Some(child), http: http.unwrap(), admin: admin.unwrap(), log, data_dir: data_dir.to_owned() }
+        Evmesh {
+            child: Some(child),
+            http: http.unwrap(),
+            admin: admin.unwrap(),
+            log,
+            data_dir: data_dir.to_owned(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -132,7 +140,11 @@ impl Evmesh {
 }
 
 fn send_sigterm(pid: i32) {
-    let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -154,7 +166,9 @@ pub struct Got {
 
 impl Got {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 }
 
@@ -190,14 +204,20 @@ impl Receiver {
         let (g, s) = (got.clone(), seen.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (g, s, b) = (g.clone(), s.clone(), b.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (g, s, b) = (g.clone(), s.clone(), b.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             if !b.delay.is_zero() {
                                 tokio::time::sleep(b.delay).await;
                             }
@@ -210,13 +230,20 @@ impl Receiver {
                             if n <= b.fail_first {
                                 *resp.status_mut() = StatusCode::from_u16(b.fail_status).unwrap();
                                 if let Some(ra) = b.retry_after {
-                                    resp.headers_mut().insert("retry-after", ra.to_string().parse().unwrap());
+                                    resp.headers_mut()
+                                        .insert("retry-after", ra.to_string().parse().unwrap());
                                 }
                             } else {
-                                g.lock().unwrap().push(Got { headers: parts.headers, body });
+                                g.lock().unwrap().push(Got {
+                                    headers: parts.headers,
+                                    body,
+                                });
                                 if let Some(r) = &b.reply {
                                     *resp.body_mut() = Full::new(Bytes::from(r.clone()));
-                                    resp.headers_mut().insert("content-type", "application/cloudevents+json".parse().unwrap());
+                                    resp.headers_mut().insert(
+                                        "content-type",
+                                        "application/cloudevents+json".parse().unwrap(),
+                                    );
                                 }
                             }
                             Ok::<_, Infallible>(resp)
@@ -228,7 +255,12 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, got, seen, task }
+        Receiver {
+            addr,
+            got,
+            seen,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -248,7 +280,10 @@ impl Receiver {
     }
 
     pub fn ids(&self) -> Vec<String> {
-        self.events().iter().filter_map(|g| g.header("ce-id")).collect()
+        self.events()
+            .iter()
+            .filter_map(|g| g.header("ce-id"))
+            .collect()
     }
 
     pub fn stop(self) {
@@ -259,7 +294,9 @@ impl Receiver {
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 pub fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(512).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(512)
+        .build(HttpConnector::new())
 }
 
 pub async fn send(
@@ -273,14 +310,23 @@ pub async fn send(
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let resp = c.request(b.body(Full::new(body.into())).unwrap()).await.expect("request failed");
+    let resp = c
+        .request(b.body(Full::new(body.into())).unwrap())
+        .await
+        .expect("request failed");
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Publishes one minimal binary-mode event.
-pub async fn publish(c: &HttpClient, ev: &Evmesh, topic: &str, id: &str, extra: &[(&str, &str)]) -> u16 {
+pub async fn publish(
+    c: &HttpClient,
+    ev: &Evmesh,
+    topic: &str,
+    id: &str,
+    extra: &[(&str, &str)],
+) -> u16 {
     let mut h = vec![
         ("ce-specversion", "1.0"),
         ("ce-id", id),
@@ -289,7 +335,15 @@ pub async fn publish(c: &HttpClient, ev: &Evmesh, topic: &str, id: &str, extra: 
         ("content-type", "text/plain"),
     ];
     h.extend_from_slice(extra);
-    send(c, "POST", &ev.url(&format!("/topics/{topic}")), &h, format!("data-{id}")).await.0
+    send(
+        c,
+        "POST",
+        &ev.url(&format!("/topics/{topic}")),
+        &h,
+        format!("data-{id}"),
+    )
+    .await
+    .0
 }
 
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
