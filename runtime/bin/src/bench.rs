@@ -1,9 +1,427 @@
-//! `evmesh bench` (filled in below).
-use anyhow::Result;
+//! `evmesh bench`: throughput and latency of the real server over loopback.
+//!
+//! Every scenario starts a fresh server as a child process (this same binary) and drives it
+//! with `--connections` keep-alive HTTP/1.1 connections for `--seconds`. The baseline is a bare
+//! hyper server that reads the body and answers 202, measured in the same run, so the figures
+//! can be read as a fraction of what the machine's HTTP stack allows.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(clap::Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    /// Seconds each scenario runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Event data size in bytes for single-event scenarios.
+    #[arg(long, default_value_t = 1024)]
+    payload: usize,
+    /// Events per request in the batched scenario.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, batch, e2e.
+    #[arg(long, default_value = "bare,binary-always,binary-interval,batch,e2e")]
+    scenarios: String,
+    /// Internal: run the bare baseline server and print its address.
+    #[arg(long, hide = true)]
+    bare_server: bool,
+}
 
-pub async fn run(_args: BenchArgs) -> Result<std::process::ExitCode> {
+struct Report {
+    name: String,
+    events: u64,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    note: String,
+}
+
+impl Report {
+    fn print(&self) {
+        let mut l = self.latencies_us.clone();
+        l.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if l.is_empty() {
+                return 0.0;
+            }
+            let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(l[i]) / 1000.0
+        };
+        let secs = self.elapsed.as_secs_f64();
+        println!(
+            "{:<16} {:>10.0} events/s {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}{}",
+            self.name,
+            self.events as f64 / secs,
+            self.requests as f64 / secs,
+            pct(0.50),
+            pct(0.99),
+            pct(0.999),
+            self.errors,
+            if self.note.is_empty() { String::new() } else { format!("  ({})", self.note) }
+        );
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
+    if args.bare_server {
+        bare_server().await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    let dir = std::env::temp_dir().join(format!("evmesh-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!(
+        "evmesh bench: {} connections, {} s per scenario, {}-byte events, batches of {} ({} cores)",
+        args.connections,
+        args.seconds,
+        args.payload,
+        args.batch,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let payload = Bytes::from(vec![b'x'; args.payload]);
+    let mut bare_rps = None;
+    for scenario in args.scenarios.split(',').map(str::trim) {
+        let report = match scenario {
+            "bare" => {
+                let mut child = spawn(&["bench", "--bare-server"], &[])?;
+                let addr = wait_addr(&mut child, "bare server listening on ")?;
+                let r = drive(
+                    "bare-hyper",
+                    addr,
+                    &args,
+                    binary_request(payload.clone()),
+                    1,
+                )
+                .await;
+                stop(child);
+                bare_rps = Some(r.requests as f64 / r.elapsed.as_secs_f64());
+                r
+            }
+            "binary-always" | "binary-interval" => {
+                let policy = scenario.trim_start_matches("binary-");
+                let (mut child, addr) =
+                    evmesh(&dir, scenario, &[("EVMESH_STORE__FSYNC", policy)], "")?;
+                let mut r = drive(scenario, addr, &args, binary_request(payload.clone()), 1).await;
+                stop_graceful(&mut child);
+                if let Some(b) = bare_rps {
+                    r.note = format!(
+                        "{:.0}% of bare hyper",
+                        100.0 * r.requests as f64 / r.elapsed.as_secs_f64() / b
+                    );
+                }
+                r
+            }
+            "batch" => {
+                let (mut child, addr) = evmesh(&dir, scenario, &[], "")?;
+                let body = batch_body(args.batch);
+                let req = move |_: u64| {
+                    (
+                        vec![(
+                            "content-type",
+                            "application/cloudevents-batch+json".to_owned(),
+                        )],
+                        body.clone(),
+                    )
+                };
+                let mut r = drive("batch", addr, &args, req, args.batch as u64).await;
+                r.note = format!("{} events/request, fsync always", args.batch);
+                stop_graceful(&mut child);
+                r
+            }
+            "e2e" => e2e(&dir, &args, payload.clone()).await?,
+            other => bail!("unknown scenario {other:?}"),
+        };
+        report.print();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+type ReqFn = dyn Fn(u64) -> (Vec<(&'static str, String)>, Bytes) + Send + Sync;
+
+fn binary_request(
+    payload: Bytes,
+) -> impl Fn(u64) -> (Vec<(&'static str, String)>, Bytes) + Send + Sync + Clone {
+    move |n: u64| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        (
+            vec![
+                ("ce-specversion", "1.0".to_owned()),
+                ("ce-id", format!("b{n}")),
+                ("ce-source", "/bench".to_owned()),
+                ("ce-type", "bench.event".to_owned()),
+                ("ce-benchts", now.to_string()),
+                ("content-type", "application/octet-stream".to_owned()),
+            ],
+            payload.clone(),
+        )
+    }
+}
+
+fn batch_body(n: usize) -> Bytes {
+    let mut s = String::from("[");
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!(
+            r#"{{"specversion":"1.0","id":"e{i}","source":"/bench","type":"bench.event","datacontenttype":"application/json","data":{{"seq":{i},"pad":"0123456789012345678901234567890123456789012345678901234567890123"}}}}"#
+        ));
+    }
+    s.push(']');
+    Bytes::from(s)
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Child> {
+    let exe = std::env::current_exe().context("locating the evmesh binary")?;
+    let mut c = Command::new(exe);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn,evmesh=info");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().context("starting a server")
+}
+
+fn wait_addr(child: &mut Child, marker: &str) -> Result<SocketAddr> {
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(p) = line.find(marker) {
+            let addr = line[p + marker.len()..].trim().parse()?;
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(addr);
+        }
+    }
+    bail!("the server exited before listening")
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn stop_graceful(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+fn evmesh(
+    dir: &std::path::Path,
+    name: &str,
+    env: &[(&str, &str)],
+    config: &str,
+) -> Result<(Child, SocketAddr)> {
+    let data = dir.join(name);
+    let _ = std::fs::remove_dir_all(&data);
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, config)?;
+    let mut all = vec![
+        ("EVMESH_SERVER__HTTP", "127.0.0.1:0"),
+        ("EVMESH_SERVER__ADMIN", "127.0.0.1:0"),
+    ];
+    all.extend_from_slice(env);
+    let data_s = data.display().to_string();
+    let cfg_s = cfg.display().to_string();
+    let mut child = spawn(&["serve", "--config", &cfg_s, "--data-dir", &data_s], &all)?;
+    let addr = wait_addr(&mut child, "http ingest listening on ")?;
+    Ok((child, addr))
+}
+
+async fn drive(
+    name: &str,
+    addr: SocketAddr,
+    args: &BenchArgs,
+    make: impl Fn(u64) -> (Vec<(&'static str, String)>, Bytes) + Send + Sync + 'static,
+    events_per_request: u64,
+) -> Report {
+    let make: Arc<ReqFn> = Arc::new(make);
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for _ in 0..args.connections {
+        let (make, counter) = (make.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 14);
+            let mut ok = 0u64;
+            let mut errors = 0u64;
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                return (lat, ok, 1);
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok((mut send, conn)) =
+                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await
+            else {
+                return (lat, ok, 1);
+            };
+            tokio::spawn(conn);
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let (headers, body) = make(n);
+                let mut b = http::Request::post(format!("http://{addr}/topics/bench"));
+                for (k, v) in headers {
+                    b = b.header(k, v);
+                }
+                let Ok(req) = b.body(Full::new(body)) else {
+                    errors += 1;
+                    continue;
+                };
+                let t = Instant::now();
+                match send.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let _ = resp.into_body().collect().await;
+                        if status.as_u16() == 202 {
+                            ok += 1;
+                            lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            }
+            (lat, ok, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let (mut requests, mut errors) = (0, 0);
+    for t in tasks {
+        if let Ok((l, o, e)) = t.await {
+            latencies_us.extend(l);
+            requests += o;
+            errors += e;
+        }
+    }
+    Report {
+        name: name.to_owned(),
+        events: requests * events_per_request,
+        requests,
+        errors,
+        elapsed: start.elapsed(),
+        latencies_us,
+        note: String::new(),
+    }
+}
+
+/// Ingest + webhook delivery: throughput is what reached the webhook; latency is publish →
+/// webhook, from the timestamp each event carries.
+async fn e2e(dir: &std::path::Path, args: &BenchArgs, payload: Bytes) -> Result<Report> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = listener.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let (r2, l2) = (received.clone(), lat.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (r, l) = (r2.clone(), l2.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let (r, l) = (r.clone(), l.clone());
+                    async move {
+                        let sent: Option<u128> = req
+                            .headers()
+                            .get("ce-benchts")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok());
+                        let _ = req.into_body().collect().await;
+                        r.fetch_add(1, Ordering::Relaxed);
+                        if let Some(sent) = sent {
+                            let now = SystemTime::now()
+                                .duration_since(UNIX_EPOCH)
+                                .map(|d| d.as_micros())
+                                .unwrap_or(0);
+                            if let Ok(mut l) = l.lock() {
+                                l.push(now.saturating_sub(sent).min(u128::from(u32::MAX)) as u32);
+                            }
+                        }
+                        let mut resp = http::Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = http::StatusCode::ACCEPTED;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let cfg = format!(
+        "subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
+    );
+    let (mut child, addr) = evmesh(dir, "e2e", &[], &cfg)?;
+    let start = Instant::now();
+    let ingest = drive("e2e", addr, args, binary_request(payload), 1).await;
+    // Wait for delivery to drain (bounded).
+    let drain_deadline = Instant::now() + Duration::from_secs(60);
+    while received.load(Ordering::Relaxed) < ingest.requests && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    stop_graceful(&mut child);
+    server.abort();
+    let delivered = received.load(Ordering::Relaxed);
+    let latencies_us = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(Report {
+        name: "e2e".into(),
+        events: delivered,
+        requests: delivered,
+        errors: ingest.errors + ingest.requests.saturating_sub(delivered),
+        elapsed,
+        latencies_us,
+        note: format!(
+            "delivered {delivered} of {} published; ingest {:.0} events/s; latency is publish→webhook",
+            ingest.requests,
+            ingest.requests as f64 / ingest.elapsed.as_secs_f64()
+        ),
+    })
+}
+
+async fn bare_server() -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    tracing::info!("bare server listening on {}", listener.local_addr()?);
+    loop {
+        let (s, _) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                let _ = req.into_body().collect().await;
+                let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+                *resp.status_mut() = http::StatusCode::ACCEPTED;
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
 }

@@ -39,7 +39,7 @@ use evmesh_core::Event;
 use futures_util::future::BoxFuture;
 use segment::{parse_segment_name, scan, segment_name, Damage, Segment, FRAME, MAGIC, MIN_RECORD};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,8 @@ pub enum StoreError {
     Closed,
     #[error("record of {0} bytes is larger than the 64 MiB record limit")]
     TooLarge(usize),
+    #[error("the log writer failed earlier ({0}); restart evmesh once the disk is healthy")]
+    Failed(String),
     #[error("invalid state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }
@@ -257,6 +259,7 @@ impl EmbeddedStore {
         let w = Writer {
             opts: inner.opts.clone(),
             active: HashMap::new(),
+            failed: None,
         };
         std::thread::Builder::new()
             .name("evmesh-log-writer".into())
@@ -476,13 +479,32 @@ type IndexUpdates = Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>;
 struct Active {
     base: u64,
     file: File,
+    /// Bytes in the file plus `buf`.
     size: u64,
     next: u64,
+    /// Frames staged by this commit, written with one `write_all`.
+    buf: Vec<u8>,
+}
+
+/// What still needs an fsync under `fsync: interval`.
+#[derive(Default)]
+struct Dirty {
+    topics: HashSet<String>,
+    sealed: Vec<File>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.sealed.is_empty()
+    }
 }
 
 struct Writer {
     opts: StoreOptions,
     active: HashMap<String, Active>,
+    /// Set after a failed write or fsync: the file's state is unknown, so every later append
+    /// is refused until a restart re-reads the log (PostgreSQL's lesson from "fsyncgate").
+    failed: Option<String>,
 }
 
 impl Writer {
@@ -497,7 +519,7 @@ impl Writer {
                 return;
             }
         };
-        let mut dirty: Vec<File> = Vec::new();
+        let mut dirty = Dirty::default();
         let mut last_sync = Instant::now();
         rt.block_on(async {
             loop {
@@ -506,7 +528,7 @@ impl Writer {
                     match tokio::time::timeout(wait, rx.recv()).await {
                         Ok(m) => m,
                         Err(_) => {
-                            sync_all(&mut dirty);
+                            self.sync_dirty(&mut dirty);
                             last_sync = Instant::now();
                             continue;
                         }
@@ -533,18 +555,38 @@ impl Writer {
                     if self.opts.fsync == FsyncPolicy::Interval
                         && last_sync.elapsed() >= self.opts.fsync_interval
                     {
-                        sync_all(&mut dirty);
+                        self.sync_dirty(&mut dirty);
                         last_sync = Instant::now();
                     }
                 }
                 if let Some(tx) = close {
-                    sync_all(&mut dirty);
+                    self.sync_dirty(&mut dirty);
                     let _ = tx.send(());
                     break;
                 }
             }
         });
-        sync_all(&mut dirty);
+        self.sync_dirty(&mut dirty);
+    }
+
+    fn sync_dirty(&mut self, dirty: &mut Dirty) {
+        for f in dirty.sealed.drain(..) {
+            if let Err(e) = f.sync_data() {
+                self.fail(format!("fdatasync of a sealed segment: {e}"));
+            }
+        }
+        for t in dirty.topics.drain() {
+            if let Some(a) = self.active.get(&t) {
+                if let Err(e) = a.file.sync_data() {
+                    self.fail(format!("fdatasync of topic {t}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(reason = %why, "the log writer failed; further publishes are refused until evmesh restarts");
+        self.failed.get_or_insert(why);
     }
 
     fn active_for(&mut self, t: &Topic) -> Result<&mut Active, StoreError> {
@@ -569,6 +611,7 @@ impl Writer {
                         file,
                         size: end,
                         next,
+                        buf: Vec::new(),
                     }
                 }
                 None => self.create_segment(t, next)?,
@@ -616,39 +659,67 @@ impl Writer {
             file,
             size: MAGIC.len() as u64,
             next: base,
+            buf: Vec::new(),
         })
     }
 
-    /// Writes one group of appends, syncs once, then answers every publisher.
-    fn commit(&mut self, batch: Vec<AppendReq>, dirty: &mut Vec<File>) {
-        // topic -> (segment base -> new positions, new end)
+    /// Writes one group of appends (one write per topic), syncs once per file, then answers
+    /// every publisher. Readers see the new offsets only after that.
+    fn commit(&mut self, batch: Vec<AppendReq>, dirty: &mut Dirty) {
+        if let Some(why) = &self.failed {
+            for req in batch {
+                let _ = req.reply.send(Err(StoreError::Failed(why.clone())));
+            }
+            return;
+        }
         let mut index: IndexUpdates = Vec::new();
         let mut results: Vec<Result<AppendAck, StoreError>> = Vec::with_capacity(batch.len());
-        let mut to_sync: Vec<File> = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
+        let mut sealed: Vec<File> = Vec::new();
         for req in &batch {
-            results.push(self.write_one(req, &mut index, &mut to_sync));
+            let r = self.stage(req, &mut index, &mut sealed);
+            if r.is_ok() && !touched.contains(&req.topic.name) {
+                touched.push(req.topic.name.clone());
+            }
+            results.push(r);
         }
-        if self.opts.fsync == FsyncPolicy::Always {
-            for f in &to_sync {
-                if let Err(e) = f.sync_data() {
-                    // Nothing of this group can be called durable.
-                    tracing::error!(error = %e, "fdatasync failed; failing the publishes of this group");
-                    for r in results.iter_mut() {
-                        if r.is_ok() {
-                            *r = Err(StoreError::io(
-                                "fdatasync",
-                                std::io::Error::new(e.kind(), e.to_string()),
-                            ));
-                        }
-                    }
-                    // Forget the writer state so the next append re-reads the file end.
-                    self.active.clear();
-                    index.clear();
+        // A failed stage may have written part of a buffer while sealing a segment.
+        let mut failure = results
+            .iter()
+            .find_map(|r| r.as_ref().err().map(ToString::to_string));
+        for name in touched.iter().filter(|_| failure.is_none()) {
+            if let Some(a) = self.active.get_mut(name) {
+                if let Err(e) = a.file.write_all(&a.buf) {
+                    failure = Some(format!("appending to topic {name}: {e}"));
                     break;
                 }
+                a.buf.clear();
             }
-        } else {
-            dirty.extend(to_sync);
+        }
+        if failure.is_none() && self.opts.fsync == FsyncPolicy::Always {
+            for f in &sealed {
+                if let Err(e) = f.sync_data() {
+                    failure = Some(format!("fdatasync of a sealed segment: {e}"));
+                }
+            }
+            for name in &touched {
+                if let Some(a) = self.active.get(name) {
+                    if let Err(e) = a.file.sync_data() {
+                        failure = Some(format!("fdatasync of topic {name}: {e}"));
+                    }
+                }
+            }
+        } else if failure.is_none() {
+            dirty.sealed.extend(sealed);
+            dirty.topics.extend(touched);
+        }
+        if let Some(why) = failure {
+            // Nothing of this group is acknowledged or made visible.
+            self.fail(why.clone());
+            for req in batch {
+                let _ = req.reply.send(Err(StoreError::Failed(why.clone())));
+            }
+            return;
         }
         for (topic, updates, next) in index {
             if let Ok(mut log) = topic.log.write() {
@@ -666,11 +737,12 @@ impl Writer {
         }
     }
 
-    fn write_one(
+    /// Stages one request's frames into its topic's buffer, rolling segments as needed.
+    fn stage(
         &mut self,
         req: &AppendReq,
         index: &mut IndexUpdates,
-        to_sync: &mut Vec<File>,
+        sealed: &mut Vec<File>,
     ) -> Result<AppendAck, StoreError> {
         let seg_limit = self.opts.segment_bytes;
         let t = req.topic.clone();
@@ -678,36 +750,33 @@ impl Writer {
         let mut p = 0usize;
         let mut i = 0usize;
         while i < req.lens.len() {
-            // Take as many records as fit in the current segment (at least one).
             let a = self.active_for(&t)?;
+            // Take as many records as fit in the current segment (at least one per segment).
             let mut j = i;
             let mut bytes = 0u64;
             while j < req.lens.len() {
                 let rec = (FRAME + req.lens[j] as usize) as u64;
-                if j > i && a.size + bytes + rec > seg_limit {
-                    break;
-                }
-                if j == i && a.size + rec > seg_limit && a.size > MAGIC.len() as u64 {
+                let empty = a.size + bytes == MAGIC.len() as u64;
+                if a.size + bytes + rec > seg_limit && !empty {
                     break;
                 }
                 bytes += rec;
                 j += 1;
             }
             if j == i {
+                // Seal the full segment: write what is staged, then start the next one.
                 let next = a.next;
+                a.file
+                    .write_all(&a.buf)
+                    .map_err(|e| StoreError::io(format!("appending to topic {}", t.name), e))?;
+                a.buf.clear();
                 let fresh = self.create_segment(&t, next)?;
                 if let Some(old) = self.active.insert(t.name.clone(), fresh) {
-                    to_sync.push(old.file);
+                    sealed.push(old.file);
                 }
                 continue;
             }
-            let a = self.active_for(&t)?;
-            let chunk = &req.frames[p..p + bytes as usize];
-            if let Err(e) = a.file.write_all(chunk) {
-                let _ = a.file.set_len(a.size);
-                self.active.remove(&t.name);
-                return Err(StoreError::io(format!("appending to topic {}", t.name), e));
-            }
+            a.buf.extend_from_slice(&req.frames[p..p + bytes as usize]);
             let mut positions = Vec::with_capacity(j - i);
             let mut pos = a.size;
             for k in i..j {
@@ -717,9 +786,6 @@ impl Writer {
             a.size = pos;
             a.next += (j - i) as u64;
             let (base, end, next) = (a.base, a.size, a.next);
-            if let Ok(f) = a.file.try_clone() {
-                to_sync.push(f);
-            }
             let entry = match index.iter_mut().position(|(tt, _, _)| Arc::ptr_eq(tt, &t)) {
                 Some(k) => &mut index[k],
                 None => {
@@ -743,14 +809,6 @@ impl Writer {
             first,
             count: req.lens.len() as u64,
         })
-    }
-}
-
-fn sync_all(dirty: &mut Vec<File>) {
-    for f in dirty.drain(..) {
-        if let Err(e) = f.sync_data() {
-            tracing::error!(error = %e, "background fdatasync failed");
-        }
     }
 }
 
@@ -821,12 +879,10 @@ impl Store for EmbeddedStore {
         max: usize,
     ) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
         let t = self.topic(topic);
-        Box::pin(async move {
-            let t = t?;
-            tokio::task::spawn_blocking(move || read_topic(&t, from, max))
-                .await
-                .map_err(|e| StoreError::Corrupt(format!("read task failed: {e}")))?
-        })
+        // Reads are bounded preads of recently written, page-cached segments: doing them inline
+        // costs less than handing each batch to the blocking pool and back.
+        let r = t.and_then(|t| read_topic(&t, from, max));
+        Box::pin(async move { r })
     }
 
     fn watch_end(&self, topic: &str) -> watch::Receiver<u64> {
