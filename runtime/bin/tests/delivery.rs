@@ -620,3 +620,40 @@ async fn sigterm_mid_retry_exits_cleanly_and_redelivers_without_dead_lettering()
     );
     assert_eq!(dlq.count(), 0, "shutdown must not dead-letter");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscription_never_holds_back_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = Receiver::start(Behaviour {
+        fail_first: usize::MAX,
+        fail_status: 503,
+        ..Default::default()
+    })
+    .await;
+    let slow = Receiver::start(Behaviour {
+        delay: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let healthy = Receiver::start(Behaviour::default()).await;
+    let cfg = format!(
+        "subscriptions:\n{}{}{}",
+        webhook_sub("stuck", "t", &stuck.url(), "    maxInFlight: 4\n    delivery: { retry: 1000, backoffDelay: PT1S, backoffMax: PT1S }\n"),
+        webhook_sub("slow", "t", &slow.url(), "    maxInFlight: 4\n    delivery: { timeout: PT30S }\n"),
+        webhook_sub("healthy", "t", &healthy.url(), ""),
+    );
+    let ev = Evmesh::start(&dir.path().join("d"), &cfg);
+    let c = client();
+    for i in 0..200 {
+        assert_eq!(publish(&c, &ev, "t", &format!("e{i}"), &[]).await, 202);
+    }
+    assert!(
+        wait_until(Duration::from_secs(4), || healthy.count() == 200).await,
+        "healthy got {}",
+        healthy.count()
+    );
+    assert!(
+        stuck.count() == 0 && slow.count() == 0,
+        "the other two are still stuck, as designed"
+    );
+}
