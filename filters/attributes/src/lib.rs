@@ -55,23 +55,40 @@ fn attr_matches(e: &Event, op: Op, name: &str, want: &str) -> bool {
 }
 
 impl Compiled {
-    pub fn compile(cfg: &FilterConfig) -> Compiled {
+    /// Compiles the Subscriptions API dialects; other dialects belong to their own crates
+    /// (the router composes them).
+    pub fn compile(cfg: &FilterConfig) -> Result<Compiled, FilterError> {
         let attrs = |m: &std::collections::BTreeMap<String, String>| {
             m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
-        match cfg {
+        let list = |v: &[FilterConfig]| {
+            v.iter()
+                .map(Compiled::compile)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match cfg {
             FilterConfig::Exact(m) => Compiled::Attr(Op::Exact, attrs(m)),
             FilterConfig::Prefix(m) => Compiled::Attr(Op::Prefix, attrs(m)),
             FilterConfig::Suffix(m) => Compiled::Attr(Op::Suffix, attrs(m)),
-            FilterConfig::All(v) => Compiled::All(v.iter().map(Compiled::compile).collect()),
-            FilterConfig::Any(v) => Compiled::Any(v.iter().map(Compiled::compile).collect()),
-            FilterConfig::Not(f) => Compiled::Not(Box::new(Compiled::compile(f))),
-        }
+            FilterConfig::All(v) => Compiled::All(list(v)?),
+            FilterConfig::Any(v) => Compiled::Any(list(v)?),
+            FilterConfig::Not(f) => Compiled::Not(Box::new(Compiled::compile(f)?)),
+            FilterConfig::Cesql(_) | FilterConfig::Pattern(_) => {
+                return Err(FilterError::Invalid {
+                    path: String::new(),
+                    message: "cesql and pattern filters are compiled by their own crates".into(),
+                })
+            }
+        })
     }
 
     /// Compiles a subscription's `filters:` list (AND'ed).
-    pub fn compile_list(cfgs: &[FilterConfig]) -> Compiled {
-        Compiled::All(cfgs.iter().map(Compiled::compile).collect())
+    pub fn compile_list(cfgs: &[FilterConfig]) -> Result<Compiled, FilterError> {
+        Ok(Compiled::All(
+            cfgs.iter()
+                .map(Compiled::compile)
+                .collect::<Result<Vec<_>, _>>()?,
+        ))
     }
 }
 
@@ -146,8 +163,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn filters(yaml: &str) -> Compiled {
-        let cfgs: Vec<FilterConfig> = serde_yaml_from(yaml);
-        Compiled::compile_list(&cfgs)
+        Compiled::compile_list(&serde_yaml_from(yaml)).unwrap()
     }
 
     fn serde_yaml_from(yaml: &str) -> Vec<FilterConfig> {
@@ -198,7 +214,7 @@ mod tests {
 
     #[test]
     fn no_filters_match_everything() {
-        assert!(Compiled::compile_list(&[]).matches(&event()));
+        assert!(Compiled::compile_list(&[]).unwrap().matches(&event()));
     }
 
     proptest! {

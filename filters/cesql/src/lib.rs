@@ -47,6 +47,14 @@ impl Cesql {
     pub fn source(&self) -> &str {
         &self.source
     }
+
+    /// `attribute = 'literal'` comparisons that must all hold for the expression to be true
+    /// (the conjuncts of its top-level `AND` chain): usable as index keys.
+    pub fn required_equalities(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.expr.required_equalities(&mut out);
+        out
+    }
 }
 
 impl Filter for Cesql {

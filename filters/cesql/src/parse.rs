@@ -253,6 +253,33 @@ pub enum Expr {
     },
 }
 
+impl Expr {
+    pub fn required_equalities(&self, out: &mut Vec<(String, String)>) {
+        match self {
+            Expr::Bin {
+                op: BinOp::And,
+                l,
+                r,
+            } => {
+                l.required_equalities(out);
+                r.required_equalities(out);
+            }
+            Expr::Bin {
+                op: BinOp::Eq,
+                l,
+                r,
+            } => {
+                if let (Expr::Attr(a), Expr::Str(s)) | (Expr::Str(s), Expr::Attr(a)) =
+                    (l.as_ref(), r.as_ref())
+                {
+                    out.push((a.clone(), s.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,

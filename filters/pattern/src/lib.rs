@@ -194,6 +194,25 @@ impl Pattern {
             .all(|branches| branches.iter().any(|b| b.matches_flat(f)))
     }
 
+    /// Top-level attribute fields whose conditions are all exact strings: the pattern can only
+    /// match an event whose attribute is one of them (usable as index keys).
+    pub fn exact_string_fields(&self) -> Vec<(String, Vec<String>)> {
+        self.fields
+            .iter()
+            .filter(|(path, _)| !path.contains('.') && path != "data")
+            .filter_map(|(path, conds)| {
+                let vals: Option<Vec<String>> = conds
+                    .iter()
+                    .map(|c| match c {
+                        Cond::Exact(Leaf::Str(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                vals.map(|v| (path.clone(), v))
+            })
+            .collect()
+    }
+
     /// The first field that does not match, for `explain`.
     pub fn first_mismatch(&self, f: &Flat) -> Option<String> {
         for (path, conds) in &self.fields {
@@ -645,6 +664,10 @@ impl PatternFilter {
         Ok(PatternFilter {
             pattern: Pattern::compile(v)?,
         })
+    }
+
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
     }
 }
 

@@ -195,6 +195,9 @@ pub struct SubscriptionConfig {
     /// AND'ed; none means every event of the topic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterConfig>,
+    /// Applied in order to events that passed the filters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<TransformConfig>,
     pub sink: SinkConfig,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliverySpec>,
@@ -246,9 +249,15 @@ pub enum FilterConfig {
     All(Vec<FilterConfig>),
     Any(Vec<FilterConfig>),
     Not(Box<FilterConfig>),
+    /// A CloudEvents SQL (CESQL v1) expression.
+    Cesql(String),
+    /// An EventBridge-style JSON event pattern.
+    Pattern(serde_json::Value),
 }
 
-const FILTER_DIALECTS: &[&str] = &["exact", "prefix", "suffix", "all", "any", "not"];
+const FILTER_DIALECTS: &[&str] = &[
+    "exact", "prefix", "suffix", "all", "any", "not", "cesql", "pattern",
+];
 
 impl<'de> Deserialize<'de> for FilterConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -280,6 +289,8 @@ impl<'de> Deserialize<'de> for FilterConfig {
                     "all" => FilterConfig::All(map.next_value()?),
                     "any" => FilterConfig::Any(map.next_value()?),
                     "not" => FilterConfig::Not(map.next_value()?),
+                    "cesql" => FilterConfig::Cesql(map.next_value()?),
+                    "pattern" => FilterConfig::Pattern(map.next_value()?),
                     other => {
                         return Err(M::Error::custom(format!(
                             "unknown filter dialect {other:?} (known: {})",
@@ -293,6 +304,92 @@ impl<'de> Deserialize<'de> for FilterConfig {
                     )));
                 }
                 Ok(f)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A step applied, in order, to each event that passed the filters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransformConfig {
+    /// Apache EventMesh's transformer: the output becomes the event's data.
+    Template(TemplateTransformConfig),
+    /// Sets attributes or extensions; a value starting with `$` is a JSONPath into the event.
+    Set(BTreeMap<String, String>),
+    /// Removes extensions (or the optional attributes `subject`, `dataschema`, `time`).
+    Remove(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateTransformConfig {
+    #[serde(default)]
+    pub transformer_type: TransformerType,
+    /// `constant`: the output; `template`: a map of names to JSONPath expressions or literals
+    /// (a JSON object, or a string holding one, as EventMesh writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    /// `template`: text with `${name}` placeholders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransformerType {
+    /// The data is left as it is.
+    Original,
+    /// The data becomes `value`.
+    Constant,
+    /// The data becomes `template` with `${name}` filled from `value`'s JSONPaths.
+    #[default]
+    Template,
+}
+
+const TRANSFORMS: &[&str] = &["template", "set", "remove"];
+
+impl<'de> Deserialize<'de> for TransformConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TransformConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "a transform: a mapping with one key out of {}",
+                    TRANSFORMS.join(", ")
+                )
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<TransformConfig, M::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(M::Error::custom(format!(
+                        "empty transform: expected one of {}",
+                        TRANSFORMS.join(", ")
+                    )));
+                };
+                let t = match key.as_str() {
+                    "template" => TransformConfig::Template(map.next_value()?),
+                    "set" => TransformConfig::Set(map.next_value()?),
+                    "remove" => TransformConfig::Remove(map.next_value()?),
+                    other => {
+                        return Err(M::Error::custom(format!(
+                            "unknown transform {other:?} (known: {})",
+                            TRANSFORMS.join(", ")
+                        )))
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(M::Error::custom(format!(
+                        "a transform has exactly one key; found {key:?} and {extra:?} (list them as separate steps)"
+                    )));
+                }
+                Ok(t)
             }
         }
         d.deserialize_map(V)
@@ -523,6 +620,25 @@ fn subscription_structural_errors(v: &Value, base: &str, errors: &mut Vec<Config
             )),
         }
     }
+    if let Some(t) = rest.remove("transforms") {
+        match t.as_sequence() {
+            Some(seq) => {
+                for (i, item) in seq.iter().enumerate() {
+                    errors.extend(
+                        typed::<TransformConfig>(
+                            item.clone(),
+                            &join(base, &format!("transforms[{i}]")),
+                        )
+                        .err(),
+                    );
+                }
+            }
+            None => errors.push(ConfigError::new(
+                join(base, "transforms"),
+                "must be a list of transforms",
+            )),
+        }
+    }
     // Check the remaining keys with a stand-in sink so that only their own errors show.
     rest.insert(
         Value::from("sink"),
@@ -710,6 +826,19 @@ fn check_filter(f: &FilterConfig, base: &str, errors: &mut Vec<ConfigError>) {
             }
         }
         FilterConfig::Not(inner) => check_filter(inner, &join(base, "not"), errors),
+        FilterConfig::Cesql(expr) => {
+            if expr.trim().is_empty() {
+                errors.push(ConfigError::new(join(base, "cesql"), "empty expression"));
+            }
+        }
+        FilterConfig::Pattern(p) => {
+            if !p.is_object() {
+                errors.push(ConfigError::new(
+                    join(base, "pattern"),
+                    "a pattern must be a mapping",
+                ));
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod format;
 pub mod http_binding;
 pub mod sdk;
 pub mod sink;
+pub mod transform;
 
 pub use event::{Data, DataKind, Event, EventError, ExtValue, SpecVersion};
 pub use format::DecodeError;
