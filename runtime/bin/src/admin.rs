@@ -57,6 +57,10 @@ impl Admin {
             (Method::DELETE, ["subscriptions", name]) => self.delete(name).await,
             (Method::GET, ["subscriptions", name, "deadletters"]) => self.deadletters(name).await,
             (Method::POST, ["subscriptions", name, "redrive"]) => self.redrive(name).await,
+            (Method::POST, ["subscriptions", name, "explain"]) => {
+                let name = name.to_string();
+                self.explain(&name, req).await
+            }
             (_, ["healthz"])
             | (_, ["subscriptions"])
             | (_, ["subscriptions", _])
@@ -128,6 +132,13 @@ impl Admin {
             self.supervisor.stop(&name).await;
         }
         if let Err(e) = self.supervisor.start(sub.clone(), Origin::Api).await {
+            if let evmesh_delivery::DeliveryError::Invalid(r) = &e {
+                let list: Vec<String> = r.errors().iter().map(ToString::to_string).collect();
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": list.join("; "), "errors": list}),
+                );
+            }
             return error(StatusCode::BAD_REQUEST, e.to_string());
         }
         if let Err(e) = self.persist().await {
@@ -261,6 +272,41 @@ impl Admin {
         json(
             StatusCode::OK,
             &serde_json::json!({"redriven": events.len()}),
+        )
+    }
+}
+
+impl Admin {
+    /// Does this event match the subscription; if not, which filter said no and why; and what
+    /// would the transforms make of it.
+    async fn explain(&self, name: &str, req: Request<Incoming>) -> Resp {
+        let Some(route) = self.supervisor.route(name).await else {
+            return not_found(name);
+        };
+        let (parts, body) = match read_body(req, self.max_body).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let events = match evmesh_ingress::decode_events(&parts, body) {
+            Ok(e) => e,
+            Err(r) => return r,
+        };
+        let Some(event) = events.into_iter().next() else {
+            return error(StatusCode::BAD_REQUEST, "send one CloudEvent to explain");
+        };
+        let ex = route.explain(&event);
+        let transformed = match ex.transformed {
+            None => serde_json::Value::Null,
+            Some(Ok(events)) => {
+                let mut buf = Vec::new();
+                format::encode_batch(&events, &mut buf);
+                serde_json::from_slice(&buf).unwrap_or_default()
+            }
+            Some(Err(e)) => serde_json::json!({"error": e.to_string()}),
+        };
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"matches": ex.matches, "reason": ex.reason, "transformed": transformed}),
         )
     }
 }

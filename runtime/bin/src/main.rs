@@ -112,16 +112,28 @@ pub fn sink_factory() -> SinkFactory {
     })
 }
 
+/// What only building the components finds: filter and transform compile errors, sinks
+/// that cannot be built. Each with its path in the document.
+fn component_errors(cfg: &Config) -> Vec<String> {
+    let factory = sink_factory();
+    let mut errors = Vec::new();
+    for (i, s) in cfg.subscriptions.iter().enumerate() {
+        if let Err(e) =
+            evmesh_router::Route::compile(s.clone(), Origin::Config, cfg.delivery.as_ref())
+        {
+            errors.extend(e.errors().iter().map(|e| format!("subscriptions[{i}].{e}")));
+        }
+        if let Err(e) = factory(&s.sink) {
+            errors.push(format!("subscriptions[{i}].sink: {e}"));
+        }
+    }
+    errors
+}
+
 fn validate(file: &Path) -> Result<std::process::ExitCode> {
     match load_config(Some(file)) {
         Ok(cfg) => {
-            let factory = sink_factory();
-            let mut errors = Vec::new();
-            for (i, s) in cfg.subscriptions.iter().enumerate() {
-                if let Err(e) = factory(&s.sink) {
-                    errors.push(format!("subscriptions[{i}].sink: {e}"));
-                }
-            }
+            let errors = component_errors(&cfg);
             if errors.is_empty() {
                 println!(
                     "{}: ok ({} subscriptions)",
@@ -191,6 +203,10 @@ async fn serve(
         Ok(c) => c,
         Err(errs) => bail!("invalid configuration:\n{errs}"),
     };
+    let errors = component_errors(&cfg);
+    if !errors.is_empty() {
+        bail!("invalid configuration:\n{}", errors.join("\n"));
+    }
     let StoreConfig::Embedded(ref mut sc) = cfg.store;
     if let Some(d) = data_dir {
         sc.data_dir = d;

@@ -30,6 +30,8 @@ pub enum DeliveryError {
     #[error("subscription {0:?} already exists")]
     Exists(String),
     #[error(transparent)]
+    Invalid(#[from] evmesh_router::RouterError),
+    #[error(transparent)]
     Store(#[from] evmesh_store::StoreError),
 }
 
@@ -102,14 +104,11 @@ impl Supervisor {
         if subs.contains_key(&name) {
             return Err(DeliveryError::Exists(name));
         }
-        let route = Arc::new(
-            Route::compile(config, origin, self.default_delivery.as_ref()).map_err(|e| {
-                DeliveryError::Sink {
-                    name: name.clone(),
-                    message: e.to_string(),
-                }
-            })?,
-        );
+        let route = Arc::new(Route::compile(
+            config,
+            origin,
+            self.default_delivery.as_ref(),
+        )?);
         let sink = (self.factory)(&route.config.sink).map_err(|message| DeliveryError::Sink {
             name: name.clone(),
             message,
@@ -486,8 +485,41 @@ impl Stream {
     }
 }
 
-/// Delivers one event under the subscription's policy; says how it ended.
+/// Transforms the event, then delivers what comes out under the subscription's policy; says
+/// how it ended. A transform failure dead-letters the original event with the reason.
 async fn deliver(
+    ctx: &Ctx,
+    offset: u64,
+    event: Event,
+    attempts: &Mutex<BTreeMap<u64, u32>>,
+) -> AckStatus {
+    if ctx.route.transforms.is_empty() {
+        return deliver_one(ctx, offset, event, attempts).await;
+    }
+    let outputs = match ctx.route.transform(event.clone()) {
+        Ok(o) => o,
+        Err(e) => {
+            let err = SinkError::not_retryable(format!("transform failed: {e}"));
+            return dead_letter(ctx, event, 0, err).await;
+        }
+    };
+    let mut status = AckStatus::Skipped;
+    for out in outputs {
+        match deliver_one(ctx, offset, out, attempts).await {
+            AckStatus::Retry => return AckStatus::Retry,
+            AckStatus::DeadLettered => status = AckStatus::DeadLettered,
+            s if status == AckStatus::Skipped => status = s,
+            _ => {}
+        }
+        if let Ok(mut a) = attempts.lock() {
+            a.remove(&offset);
+        }
+    }
+    status
+}
+
+/// Delivers one event under the subscription's policy; says how it ended.
+async fn deliver_one(
     ctx: &Ctx,
     offset: u64,
     event: Event,

@@ -110,6 +110,33 @@ pub async fn read_body(
     }
 }
 
+/// Decodes a request body in binary, structured or batched mode (by its content type).
+pub fn decode_events(parts: &http::request::Parts, body: Bytes) -> Result<Vec<Event>, Resp> {
+    let mt = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.split(';').next())
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let decoded: Result<Vec<Event>, DecodeError> = if mt == "application/cloudevents-batch+json" {
+        format::decode_batch(&body)
+    } else if mt == "application/cloudevents+json" {
+        format::decode_structured(&body).map(|e| vec![e])
+    } else {
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()));
+        let ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes());
+        http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
+    };
+    decoded.map_err(|e| decode_error(&e))
+}
+
 impl Ingest {
     pub fn new(store: Arc<dyn Store>, opts: IngestOptions) -> Arc<Self> {
         Arc::new(Ingest { store, opts })
@@ -158,25 +185,9 @@ impl Ingest {
             Ok(x) => x,
             Err(resp) => return resp,
         };
-        let decoded: Result<Vec<Event>, DecodeError> = if mt == "application/cloudevents-batch+json"
-        {
-            format::decode_batch(&body)
-        } else if mt == "application/cloudevents+json" {
-            format::decode_structured(&body).map(|e| vec![e])
-        } else {
-            let headers = parts
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_bytes()));
-            let ct = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .map(|v| v.as_bytes());
-            http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
-        };
-        let events = match decoded {
+        let events = match decode_events(&parts, body) {
             Ok(e) => e,
-            Err(e) => return decode_error(&e),
+            Err(resp) => return resp,
         };
         match self.store.append(&topic, &events).await {
             Ok(ack) => json(
