@@ -289,7 +289,7 @@ impl Admin {
         };
         let events = match evmesh_ingress::decode_events(&parts, body) {
             Ok(e) => e,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let Some(event) = events.into_iter().next() else {
             return error(StatusCode::BAD_REQUEST, "send one CloudEvent to explain");

@@ -111,7 +111,7 @@ pub async fn read_body(
 }
 
 /// Decodes a request body in binary, structured or batched mode (by its content type).
-pub fn decode_events(parts: &http::request::Parts, body: Bytes) -> Result<Vec<Event>, Resp> {
+pub fn decode_events(parts: &http::request::Parts, body: Bytes) -> Result<Vec<Event>, Box<Resp>> {
     let mt = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -134,7 +134,7 @@ pub fn decode_events(parts: &http::request::Parts, body: Bytes) -> Result<Vec<Ev
             .map(|v| v.as_bytes());
         http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
     };
-    decoded.map_err(|e| decode_error(&e))
+    decoded.map_err(|e| Box::new(decode_error(&e)))
 }
 
 impl Ingest {
@@ -187,7 +187,7 @@ impl Ingest {
         };
         let events = match decode_events(&parts, body) {
             Ok(e) => e,
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         };
         match self.store.append(&topic, &events).await {
             Ok(ack) => json(
