@@ -8,6 +8,7 @@
 //! shutdown.
 
 mod backoff;
+mod fanout;
 
 use evmesh_core::ack::{tokio_free, AckHandle, AckStatus};
 use evmesh_core::config::{DeliverySpec, Ordering, SinkConfig, StartPosition, SubscriptionConfig};
@@ -74,6 +75,8 @@ pub struct Supervisor {
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
     board: CursorBoard,
     drain_timeout: Duration,
+    fanouts: fanout::Fanouts,
+    stop_all: watch::Sender<bool>,
 }
 
 impl Supervisor {
@@ -90,6 +93,8 @@ impl Supervisor {
             subs: tokio::sync::Mutex::new(HashMap::new()),
             board: Arc::new(Mutex::new(HashMap::new())),
             drain_timeout,
+            fanouts: fanout::Fanouts::default(),
+            stop_all: watch::channel(false).0,
         })
     }
 
@@ -133,14 +138,20 @@ impl Supervisor {
             (route.config.topic.clone(), true, route.config.start),
             (redrive_topic(&name), false, StartPosition::Earliest),
         ] {
-            let stream = Stream::open(
+            let mut stream = Stream::open(
                 ctx.clone(),
-                topic,
+                topic.clone(),
                 filtered,
                 start,
                 self.board.clone(),
                 self.drain_timeout,
             )?;
+            if filtered {
+                stream.membership = self
+                    .fanouts
+                    .get(&topic, &self.store, &self.stop_all.subscribe())
+                    .map(|f| f.register(&name, route.clone()));
+            }
             tasks.push(tokio::spawn(stream.run()));
         }
         tracing::info!(subscription = %name, topic = %route.config.topic, sink = %ctx.sink.describe(), "subscription started");
@@ -180,6 +191,7 @@ impl Supervisor {
 
     /// Stops everything (graceful shutdown).
     pub async fn shutdown(&self) {
+        let _ = self.stop_all.send(true);
         let names: Vec<String> = self.subs.lock().await.keys().cloned().collect();
         let mut handles = Vec::new();
         {
@@ -276,6 +288,8 @@ struct Stream {
     board: CursorBoard,
     saved: Option<CursorState>,
     drain_timeout: Duration,
+    /// The shared topic reader (the main topic's stream only).
+    membership: Option<fanout::Membership>,
 }
 
 impl Stream {
@@ -326,6 +340,7 @@ impl Stream {
             board,
             saved: Some(state),
             drain_timeout,
+            membership: None,
         })
     }
 
@@ -384,6 +399,41 @@ impl Stream {
             let end = *end_rx.borrow_and_update();
             let room = self.max_in_flight().saturating_sub(self.running);
             let queued_ok = self.pending.len() < self.max_in_flight() * 16;
+            if let Some(m) = self.membership.as_mut() {
+                if m.in_sync.load(std::sync::atomic::Ordering::SeqCst) {
+                    if room > 0 && queued_ok {
+                        tokio::select! {
+                            b = m.rx.recv() => match b {
+                                Some(b) => self.take_batch(b),
+                                None => m.in_sync.store(false, std::sync::atomic::Ordering::SeqCst),
+                            },
+                            Some((offset, status)) = self.done_rx.recv() => self.finish(offset, status),
+                            _ = stop.changed() => {}
+                            _ = tokio::time::sleep(persist_every) => {}
+                        }
+                    } else {
+                        tokio::select! {
+                            Some((offset, status)) = self.done_rx.recv() => self.finish(offset, status),
+                            _ = stop.changed() => {}
+                            _ = tokio::time::sleep(persist_every) => {}
+                        }
+                    }
+                    continue;
+                }
+                // Dropped (or never joined): use what was queued before, then read ourselves.
+                let mut queued = Vec::new();
+                while let Ok(b) = m.rx.try_recv() {
+                    queued.push(b);
+                }
+                let joined =
+                    queued.is_empty() && room > 0 && queued_ok && m.try_join(self.read_pos);
+                for b in queued {
+                    self.take_batch(b);
+                }
+                if joined {
+                    continue;
+                }
+            }
             if room > 0 && queued_ok && self.read_pos < end {
                 match self
                     .ctx
@@ -425,10 +475,27 @@ impl Stream {
         self.persist();
     }
 
+    /// Events the shared reader already matched, and where its batch ends.
+    fn take_batch(&mut self, b: fanout::Batch) {
+        if b.next <= self.read_pos {
+            return;
+        }
+        for se in b.events {
+            if se.offset >= self.read_pos {
+                self.dispatch_matched(se);
+            }
+        }
+        self.read_pos = b.next;
+    }
+
     fn dispatch(&mut self, se: StoredEvent) {
         if self.filtered && !self.ctx.route.matches(&se.event) {
             return;
         }
+        self.dispatch_matched(se);
+    }
+
+    fn dispatch_matched(&mut self, se: StoredEvent) {
         let key = match self.ctx.route.config.ordering {
             Ordering::Key => se.event.partition_key(),
             Ordering::None => None,

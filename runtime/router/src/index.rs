@@ -1,9 +1,9 @@
 //! The subscription index of one topic.
 //!
 //! Each subscription is filed under one *key* that every event it matches must satisfy: an
-//! `exact` attribute value, a `prefix`, a CESQL `attr = 'literal'` conjunct, or a pattern's
+//! `exact` attribute value, a `prefix` or `suffix`, a CESQL `attr = 'literal'` conjunct, or a pattern's
 //! top-level list of exact strings. An event then looks up only the keys its own attribute
-//! values hit (a hash probe per indexed attribute, one per distinct prefix length), and the
+//! values hit (a hash probe per indexed attribute, one per distinct prefix or suffix length), and the
 //! full filter runs only on those candidates plus the few subscriptions with no usable key.
 //! Matching allocates nothing when attributes are strings.
 
@@ -29,6 +29,7 @@ pub struct TopicIndex {
     routes: Vec<Arc<Route>>,
     exact: Vec<(String, HashMap<String, Vec<u32>>)>,
     prefix: Vec<(String, PrefixIndex)>,
+    suffix: Vec<(String, PrefixIndex)>,
     residual: Vec<u32>,
 }
 
@@ -41,6 +42,7 @@ pub struct IndexStats {
 enum Key {
     Exact(String, Vec<String>),
     Prefix(String, String),
+    Suffix(String, String),
 }
 
 fn key_of(route: &Route) -> Option<Key> {
@@ -76,6 +78,10 @@ fn key_of(route: &Route) -> Option<Key> {
             .iter()
             .next()
             .map(|(a, v)| Key::Prefix(a.clone(), v.clone())),
+        FilterConfig::Suffix(m) => m
+            .iter()
+            .next()
+            .map(|(a, v)| Key::Suffix(a.clone(), v.clone())),
         _ => None,
     })
 }
@@ -105,6 +111,17 @@ impl TopicIndex {
                     for v in values {
                         m.entry(v).or_default().push(id);
                     }
+                }
+                Some(Key::Prefix(_, p)) | Some(Key::Suffix(_, p)) if p.is_empty() => {
+                    idx.residual.push(id)
+                }
+                Some(Key::Suffix(attr, p)) => {
+                    let pi = slot(&mut idx.suffix, &attr);
+                    if !pi.lens.contains(&p.len()) {
+                        pi.lens.push(p.len());
+                        pi.lens.sort_unstable();
+                    }
+                    pi.by_prefix.entry(p).or_default().push(id);
                 }
                 Some(Key::Prefix(attr, p)) => {
                     let pi = slot(&mut idx.prefix, &attr);
@@ -163,6 +180,22 @@ impl TopicIndex {
                 }
                 if s.is_char_boundary(len) {
                     for id in pi.by_prefix.get(&s[..len]).into_iter().flatten() {
+                        check(*id, out);
+                    }
+                }
+            }
+        }
+        for (attr, pi) in &self.suffix {
+            let Some(AttrRef::Str(s)) = e.attribute(attr) else {
+                continue;
+            };
+            for &len in &pi.lens {
+                if len > s.len() {
+                    break;
+                }
+                let at = s.len() - len;
+                if s.is_char_boundary(at) {
+                    for id in pi.by_prefix.get(&s[at..]).into_iter().flatten() {
                         check(*id, out);
                     }
                 }
