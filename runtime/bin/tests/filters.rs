@@ -225,3 +225,63 @@ fn invalid_cesql_and_patterns_are_refused_at_load_with_their_paths() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscriptions_each_get_exactly_their_events() {
+    const SUBS: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(Behaviour::default()).await;
+    let mut cfg = String::from("subscriptions:\n");
+    for i in 0..SUBS {
+        let filter = match i % 4 {
+            0 => format!("[{{ exact: {{ type: t{i} }} }}]"),
+            1 => format!("[{{ cesql: \"type = 't{i}'\" }}]"),
+            2 => format!("[{{ pattern: {{ type: [t{i}] }} }}]"),
+            _ => format!("[{{ prefix: {{ type: t{i}. }} }}]"),
+        };
+        cfg.push_str(&format!(
+            "  - {{ name: s{i}, topic: many, filters: {filter}, sink: {{ type: webhook, url: \"{}\", headers: {{ x-sub: s{i} }} }} }}\n",
+            rx.url()
+        ));
+    }
+    let ev = Evmesh::start(&dir.path().join("d"), &cfg);
+    let c = client();
+    let mut expected = Vec::new();
+    for k in 0..360 {
+        let i = k % (SUBS + 30); // some types match nobody
+        let ty = if i % 4 == 3 {
+            format!("t{i}.x")
+        } else {
+            format!("t{i}")
+        };
+        let id = format!("e{k}");
+        let h = [
+            ("ce-specversion", "1.0"),
+            ("ce-id", id.as_str()),
+            ("ce-source", "/m"),
+            ("ce-type", ty.as_str()),
+        ];
+        assert_eq!(
+            send(&c, "POST", &ev.url("/topics/many"), &h, "").await.0,
+            202
+        );
+        if i < SUBS {
+            expected.push((format!("s{i}"), id));
+        }
+    }
+    assert!(
+        wait_until(WAIT, || rx.count() >= expected.len()).await,
+        "{} of {}",
+        rx.count(),
+        expected.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got: Vec<(String, String)> = rx
+        .events()
+        .iter()
+        .map(|g| (g.header("x-sub").unwrap(), g.header("ce-id").unwrap()))
+        .collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+}
