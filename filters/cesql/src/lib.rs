@@ -110,6 +110,25 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_a_parse_error_not_a_crash() {
+        let deep = format!("{}TRUE{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(Cesql::compile(&deep)
+            .unwrap_err()
+            .message
+            .contains("nested deeper"));
+        let nots = format!("{}TRUE", "NOT ".repeat(100_000));
+        assert!(Cesql::compile(&nots).is_err());
+        let chain = vec!["TRUE"; 100_000].join(" AND ");
+        assert!(
+            Cesql::compile(&chain).is_err(),
+            "right-associative AND chains recurse too"
+        );
+        assert!(Cesql::compile(&vec!["TRUE"; 250].join(" AND "))
+            .unwrap()
+            .matches(&ev()));
+    }
+
+    #[test]
     fn errors_make_the_filter_not_match() {
         let f = Cesql::compile("missing = 'x' OR TRUE").unwrap();
         assert_eq!(f.evaluate(&ev()).1, Some(ErrorKind::MissingAttribute));

@@ -280,10 +280,15 @@ impl Expr {
     }
 }
 
+/// Deepest nesting of parentheses, unary operators and calls an expression may have: bounds
+/// the parser's and the evaluator's recursion.
+const MAX_DEPTH: usize = 256;
+
 struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
     len: usize,
+    depth: usize,
 }
 
 fn kw(t: Option<&Tok>, k: &str) -> bool {
@@ -314,6 +319,16 @@ impl Parser {
     }
 
     fn logic(&mut self) -> Result<Expr, ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(format!("expression nested deeper than {MAX_DEPTH} levels")));
+        }
+        let r = self.logic_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn logic_inner(&mut self) -> Result<Expr, ParseError> {
         let l = self.comparison()?;
         let op = if kw(self.peek(), "AND") {
             BinOp::And
@@ -445,6 +460,16 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err(format!("expression nested deeper than {MAX_DEPTH} levels")));
+        }
+        let r = self.unary_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, ParseError> {
         if kw(self.peek(), "NOT") {
             self.pos += 1;
             return Ok(Expr::Not(Box::new(self.unary()?)));
@@ -572,6 +597,7 @@ pub fn parse(src: &str) -> Result<Expr, ParseError> {
         toks,
         pos: 0,
         len: src.chars().count(),
+        depth: 0,
     };
     if p.toks.is_empty() {
         return Err(p.err("empty expression"));
