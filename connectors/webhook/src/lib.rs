@@ -4,20 +4,21 @@
 //! `Retry-After`; `408`, other 5xx, timeouts and connection errors are retried; other 4xx are
 //! not, and go to the dead-letter path.
 
+mod pool;
+
 use bytes::Bytes;
 use evmesh_core::config::{HttpMode, WebhookSinkConfig};
 use evmesh_core::sink::{Delivered, RetryHint, Sink, SinkError};
 use evmesh_core::{format, http_binding, Event};
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use std::time::Duration;
 
 /// Replies larger than this are refused.
 const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+/// Connections kept to one webhook at most.
+const MAX_CONNECTIONS: usize = 256;
 /// `Retry-After` is honoured up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
@@ -33,7 +34,7 @@ pub struct WebhookSink {
     uri: Uri,
     mode: HttpMode,
     headers: HeaderMap,
-    client: Client<HttpConnector, Full<Bytes>>,
+    pool: pool::Pool,
 }
 
 impl WebhookSink {
@@ -63,18 +64,19 @@ impl WebhookSink {
             })?;
             headers.insert(name, value);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(80);
+        let pool = pool::Pool::new(host, port, MAX_CONNECTIONS);
         Ok(WebhookSink {
             uri,
             mode: cfg.mode,
             headers,
-            client,
+            pool,
         })
     }
 
@@ -121,32 +123,27 @@ impl WebhookSink {
     }
 
     async fn attempt(&self, e: &Event) -> Result<Delivered, SinkError> {
-        let req = self.request(e)?;
-        let resp = self.client.request(req).await.map_err(|err| {
-            SinkError::retryable(format!("POST {}: {}", self.uri, error_chain(&err)))
-        })?;
-        let status = resp.status();
-        let (parts, body) = resp.into_parts();
+        let (parts, body) = self
+            .pool
+            .send(|| self.request(e), MAX_REPLY_BYTES)
+            .await
+            .map_err(|err| match err {
+                pool::SendError::Build(e) => e,
+                pool::SendError::Io(msg) => {
+                    SinkError::retryable(format!("POST {}: {msg}", self.uri))
+                }
+            })?;
+        let status = parts.status;
         if status.is_success() {
-            let body = Limited::new(body, MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map_err(|err| {
-                    SinkError::retryable(format!("reading the response of {}: {err}", self.uri))
-                })?
-                .to_bytes();
+            let body = body.map_err(|err| {
+                SinkError::retryable(format!("reading the response of {}: {err}", self.uri))
+            })?;
             let reply = decode_reply(&parts.headers, body).map_err(|msg| {
                 SinkError::not_retryable(format!("invalid reply event from {}: {msg}", self.uri))
                     .with_status(status.as_u16())
             })?;
             return Ok(Delivered { reply });
         }
-        // Drain a little of the body so the connection can be reused; ignore failures.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(100),
-            Limited::new(body, 64 * 1024).collect(),
-        )
-        .await;
         let code = status.as_u16();
         let msg = format!("POST {} answered {status}", self.uri);
         let err = match status {
@@ -166,17 +163,6 @@ impl WebhookSink {
         };
         Err(err)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// `Retry-After` in delta-seconds (an HTTP-date falls back to the backoff policy).

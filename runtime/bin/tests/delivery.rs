@@ -43,6 +43,8 @@ async fn ten_thousand_concurrent_publishes_are_all_delivered() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 10_000);
+    let conns = *rx.connections.lock().unwrap();
+    assert!(conns <= 256, "the webhook sink opened {conns} connections for 10,000 deliveries; keep-alive reuse is broken");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

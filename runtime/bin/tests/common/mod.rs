@@ -188,6 +188,8 @@ pub struct Receiver {
     pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Got>>>,
     pub seen: Arc<Mutex<usize>>,
+    /// TCP connections accepted.
+    pub connections: Arc<Mutex<usize>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -201,12 +203,14 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(0usize));
-        let (g, s) = (got.clone(), seen.clone());
+        let connections = Arc::new(Mutex::new(0usize));
+        let (g, s, cn) = (got.clone(), seen.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                *cn.lock().unwrap() += 1;
                 let (g, s, b) = (g.clone(), s.clone(), b.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -259,6 +263,7 @@ impl Receiver {
             addr,
             got,
             seen,
+            connections,
             task,
         }
     }
