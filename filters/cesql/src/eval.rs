@@ -342,16 +342,21 @@ fn call<'a>(func: Func, args: &'a [Expr], e: &'a Event) -> Out<'a> {
         Func::Bool | Func::IsInt | Func::IsBool | Func::IsString => Ty::Bool,
         _ => Ty::Str,
     };
-    let mut vals = Vec::with_capacity(args.len());
-    for a in args {
+    // Up to three arguments stay on the stack: calls allocate nothing in the common case.
+    let mut inline: [Option<Value<'a>>; 3] = [None, None, None];
+    let mut spill: Vec<Value<'a>> = Vec::new();
+    for (i, a) in args.iter().enumerate() {
         let o = a.eval(e);
         if o.error.is_some() {
             return with(zero(ret), o.error);
         }
-        vals.push(o.value);
+        match inline.get_mut(i) {
+            Some(slot) => *slot = Some(o.value),
+            None => spill.push(o.value),
+        }
     }
     let mut err = None;
-    let mut it = vals.into_iter();
+    let mut it = inline.into_iter().flatten().chain(spill);
     let mut arg =
         |t: Ty, err: &mut Option<ErrorKind>| it.next().map(|v| cast(v, t, err)).unwrap_or(zero(t));
     let fe = ErrorKind::FunctionEvaluation;

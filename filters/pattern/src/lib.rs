@@ -19,6 +19,7 @@
 //! matches a missing field), `numeric` ranges, `exists`, `cidr`. Invalid patterns are rejected
 //! when the configuration is loaded.
 
+use evmesh_core::event::AttrRef;
 use evmesh_core::filter::Filter;
 use evmesh_core::{DataKind, Event, ExtValue};
 use serde_json::{Map, Value};
@@ -50,6 +51,26 @@ pub enum Leaf {
     Num(f64),
     Bool(bool),
     Null,
+}
+
+/// A leaf as matching sees it, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LRef<'a> {
+    Str(&'a str),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+impl Leaf {
+    fn as_ref(&self) -> LRef<'_> {
+        match self {
+            Leaf::Str(s) => LRef::Str(s),
+            Leaf::Num(n) => LRef::Num(*n),
+            Leaf::Bool(b) => LRef::Bool(*b),
+            Leaf::Null => LRef::Null,
+        }
+    }
 }
 
 /// An event flattened to dotted paths.
@@ -186,12 +207,42 @@ impl Pattern {
 
     pub fn matches_flat(&self, f: &Flat) -> bool {
         self.fields.iter().all(|(path, conds)| {
-            let vals = f.get(path);
-            conds.iter().any(|c| cond_matches(c, vals))
+            let vals: &[Leaf] = f.get(path);
+            conds
+                .iter()
+                .any(|c| cond_matches(c, vals.iter().map(Leaf::as_ref)))
         }) && self
             .ors
             .iter()
             .all(|branches| branches.iter().any(|b| b.matches_flat(f)))
+    }
+
+    /// Whether every path is a top-level attribute (no `data`, no dots), so the event need not
+    /// be flattened.
+    fn attributes_only(&self) -> bool {
+        self.fields
+            .iter()
+            .all(|(p, _)| !p.contains('.') && p != "data")
+            && self
+                .ors
+                .iter()
+                .all(|b| b.iter().all(Pattern::attributes_only))
+    }
+
+    /// Matching straight from the event's attributes; allocates nothing for string attributes.
+    fn matches_attributes(&self, e: &Event) -> bool {
+        self.fields.iter().all(|(path, conds)| {
+            let v = match e.attribute(path) {
+                None => None,
+                Some(AttrRef::Str(s)) => Some(LRef::Str(s)),
+                Some(AttrRef::Bool(b)) => Some(LRef::Bool(b)),
+                Some(AttrRef::Integer(i)) => Some(LRef::Num(i as f64)),
+            };
+            conds.iter().any(|c| cond_matches(c, v.into_iter()))
+        }) && self
+            .ors
+            .iter()
+            .all(|branches| branches.iter().any(|b| b.matches_attributes(e)))
     }
 
     /// Top-level attribute fields whose conditions are all exact strings: the pattern can only
@@ -217,7 +268,10 @@ impl Pattern {
     pub fn first_mismatch(&self, f: &Flat) -> Option<String> {
         for (path, conds) in &self.fields {
             let vals = f.get(path);
-            if !conds.iter().any(|c| cond_matches(c, vals)) {
+            if !conds
+                .iter()
+                .any(|c| cond_matches(c, vals.iter().map(Leaf::as_ref)))
+            {
                 return Some(if vals.is_empty() {
                     format!("{path}: the event has no such field")
                 } else {
@@ -624,45 +678,48 @@ fn in_cidr(addr: &str, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-fn leaf_matches(c: &Cond, l: &Leaf) -> bool {
+fn leaf_matches(c: &Cond, l: LRef<'_>) -> bool {
     match (c, l) {
-        (Cond::Exact(Leaf::Num(a)), Leaf::Num(b)) => a == b,
-        (Cond::Exact(a), b) => a == b,
-        (Cond::Prefix(p, false), Leaf::Str(s)) => s.starts_with(p.as_str()),
-        (Cond::Prefix(p, true), Leaf::Str(s)) => s.to_lowercase().starts_with(p.as_str()),
-        (Cond::Suffix(p, false), Leaf::Str(s)) => s.ends_with(p.as_str()),
-        (Cond::Suffix(p, true), Leaf::Str(s)) => s.to_lowercase().ends_with(p.as_str()),
-        (Cond::EqIgnoreCase(p), Leaf::Str(s)) => s.to_lowercase() == *p,
-        (Cond::Wildcard(w), Leaf::Str(s)) => wildcard_matches(s, w),
+        (Cond::Exact(a), b) => a.as_ref() == b,
+        (Cond::Prefix(p, false), LRef::Str(s)) => s.starts_with(p.as_str()),
+        (Cond::Prefix(p, true), LRef::Str(s)) => s.to_lowercase().starts_with(p.as_str()),
+        (Cond::Suffix(p, false), LRef::Str(s)) => s.ends_with(p.as_str()),
+        (Cond::Suffix(p, true), LRef::Str(s)) => s.to_lowercase().ends_with(p.as_str()),
+        (Cond::EqIgnoreCase(p), LRef::Str(s)) => s.to_lowercase() == *p,
+        (Cond::Wildcard(w), LRef::Str(s)) => wildcard_matches(s, w),
         (Cond::AnythingBut(inner), l) => !inner.iter().any(|c| leaf_matches(c, l)),
-        (Cond::Numeric(ranges), Leaf::Num(n)) => ranges.iter().all(|(op, v)| match op {
-            NumOp::Eq => n == v,
-            NumOp::Lt => n < v,
-            NumOp::Le => n <= v,
-            NumOp::Gt => n > v,
-            NumOp::Ge => n >= v,
+        (Cond::Numeric(ranges), LRef::Num(n)) => ranges.iter().all(|(op, v)| match op {
+            NumOp::Eq => n == *v,
+            NumOp::Lt => n < *v,
+            NumOp::Le => n <= *v,
+            NumOp::Gt => n > *v,
+            NumOp::Ge => n >= *v,
         }),
-        (Cond::Cidr(net, bits), Leaf::Str(s)) => in_cidr(s, *net, *bits),
+        (Cond::Cidr(net, bits), LRef::Str(s)) => in_cidr(s, *net, *bits),
         _ => false,
     }
 }
 
-fn cond_matches(c: &Cond, vals: &[Leaf]) -> bool {
+fn cond_matches<'a>(c: &Cond, mut vals: impl Iterator<Item = LRef<'a>>) -> bool {
     match c {
-        Cond::Exists(want) => vals.is_empty() != *want,
-        _ => vals.iter().any(|l| leaf_matches(c, l)),
+        Cond::Exists(want) => vals.next().is_some() == *want,
+        _ => vals.any(|l| leaf_matches(c, l)),
     }
 }
 
 /// The `pattern:` filter.
 pub struct PatternFilter {
     pattern: Pattern,
+    attributes_only: bool,
 }
 
 impl PatternFilter {
     pub fn compile(v: &Value) -> Result<Self, PatternError> {
+        let pattern = Pattern::compile(v)?;
+        let attributes_only = pattern.attributes_only();
         Ok(PatternFilter {
-            pattern: Pattern::compile(v)?,
+            pattern,
+            attributes_only,
         })
     }
 
@@ -673,7 +730,11 @@ impl PatternFilter {
 
 impl Filter for PatternFilter {
     fn matches(&self, e: &Event) -> bool {
-        self.pattern.matches_flat(&Flat::from_event(e))
+        if self.attributes_only {
+            self.pattern.matches_attributes(e)
+        } else {
+            self.pattern.matches_flat(&Flat::from_event(e))
+        }
     }
 
     fn explain(&self, e: &Event, path: &str) -> Option<String> {
@@ -719,5 +780,40 @@ mod tests {
         assert!(Pattern::compile(&json!({"a": []})).is_err());
         assert!(Pattern::compile(&json!({"a": "x"})).is_err());
         assert!(Pattern::compile(&json!({"a": [{"wildcard": "a**"}]})).is_err());
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    proptest! {
+        #[test]
+        fn attribute_fast_path_agrees_with_flattening(
+            ty in prop::sample::select(vec!["a", "ab", "b", "A"]),
+            subject in prop::option::of(prop::sample::select(vec!["a", "ab", "x.pdf"])),
+            n in prop::option::of(-3i64..3),
+            kind in 0..7u8,
+        ) {
+            let pattern = match kind {
+                0 => json!({"type": ["a", "b"]}),
+                1 => json!({"type": [{"prefix": "a"}], "subject": [{"exists": true}]}),
+                2 => json!({"subject": [{"exists": false}]}),
+                3 => json!({"type": [{"anything-but": ["a"]}]}),
+                4 => json!({"n": [{"numeric": [">", 0]}]}),
+                5 => json!({"$or": [{"type": [{"equals-ignore-case": "a"}]}, {"subject": [{"suffix": ".pdf"}]}]}),
+                _ => json!({"type": [{"wildcard": "*b"}]}),
+            };
+            let f = PatternFilter::compile(&pattern).unwrap();
+            prop_assert!(f.attributes_only);
+            let mut e = Event::new("1", "s", ty);
+            e.subject = subject.map(str::to_owned);
+            if let Some(n) = n {
+                e.set_extension("n", ExtValue::Integer(n));
+            }
+            prop_assert_eq!(f.matches(&e), f.pattern.matches_flat(&Flat::from_event(&e)));
+        }
     }
 }
