@@ -73,10 +73,11 @@ impl Compiled {
             FilterConfig::All(v) => Compiled::All(list(v)?),
             FilterConfig::Any(v) => Compiled::Any(list(v)?),
             FilterConfig::Not(f) => Compiled::Not(Box::new(Compiled::compile(f)?)),
-            FilterConfig::Cesql(_) | FilterConfig::Pattern(_) => {
+            FilterConfig::Cesql(_) | FilterConfig::Pattern(_) | FilterConfig::Wasm(_) => {
                 return Err(FilterError::Invalid {
                     path: String::new(),
-                    message: "cesql and pattern filters are compiled by their own crates".into(),
+                    message: "cesql, pattern and wasm filters are compiled by their own crates"
+                        .into(),
                 })
             }
         })

@@ -407,6 +407,10 @@ pub fn compile(cfg: &TransformConfig, path: &str) -> Result<Box<dyn Transform>, 
                 names: names.clone(),
             }))
         }
+        TransformConfig::Wasm(_) => Err(cerr(
+            &format!("{path}.wasm"),
+            "wasm transforms are compiled by the plugin host",
+        )),
     }
 }
 

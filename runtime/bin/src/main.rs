@@ -6,6 +6,7 @@ mod bench;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use evmesh_core::config::{self, Config, SinkConfig, StoreConfig};
+use evmesh_core::transform::PluginLoader;
 use evmesh_delivery::{SinkFactory, Supervisor};
 use evmesh_ingress::{Ingest, IngestOptions};
 use evmesh_router::Origin;
@@ -117,10 +118,32 @@ pub fn sink_factory() -> SinkFactory {
 fn component_errors(cfg: &Config) -> Vec<String> {
     let factory = sink_factory();
     let mut errors = Vec::new();
+    let needs_plugins = cfg.subscriptions.iter().any(|s| {
+        s.filters
+            .iter()
+            .any(|f| matches!(f, config::FilterConfig::Wasm(_)))
+            || s.transforms
+                .iter()
+                .any(|t| matches!(t, config::TransformConfig::Wasm(_)))
+    });
+    let loader: Option<Box<dyn PluginLoader>> = if needs_plugins {
+        match evmesh_plugin_host::PluginEngine::new(None) {
+            Ok(engine) => Some(Box::new(evmesh_plugin_host::WasmLoader::new(engine, None))),
+            Err(e) => {
+                errors.push(format!("plugins: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     for (i, s) in cfg.subscriptions.iter().enumerate() {
-        if let Err(e) =
-            evmesh_router::Route::compile(s.clone(), Origin::Config, cfg.delivery.as_ref())
-        {
+        if let Err(e) = evmesh_router::Route::compile_with(
+            s.clone(),
+            Origin::Config,
+            cfg.delivery.as_ref(),
+            loader.as_deref(),
+        ) {
             errors.extend(e.errors().iter().map(|e| format!("subscriptions[{i}].{e}")));
         }
         if let Err(e) = factory(&s.sink) {
@@ -224,7 +247,19 @@ async fn serve(
     );
     tracing::info!(data_dir = %sc.data_dir.display(), fsync = ?sc.fsync, "store opened");
     let drain = cfg.server.shutdown_timeout.0;
-    let supervisor = Supervisor::new(store.clone(), sink_factory(), cfg.delivery.clone(), drain);
+    let engine = evmesh_plugin_host::PluginEngine::new(Some(&sc.data_dir.join("plugin-cache")))
+        .context("starting the WASM plugin engine")?;
+    let loader: Arc<dyn PluginLoader> = Arc::new(evmesh_plugin_host::WasmLoader::new(
+        engine,
+        Some(Duration::from_secs(1)),
+    ));
+    let supervisor = Supervisor::new(
+        store.clone(),
+        sink_factory(),
+        cfg.delivery.clone(),
+        drain,
+        Some(loader),
+    );
     for s in &cfg.subscriptions {
         supervisor
             .start(s.clone(), Origin::Config)

@@ -253,6 +253,32 @@ pub enum FilterConfig {
     Cesql(String),
     /// An EventBridge-style JSON event pattern.
     Pattern(serde_json::Value),
+    /// A WASM filter plugin (top level of `filters:` only).
+    Wasm(WasmPluginConfig),
+}
+
+/// A WASM plugin: the component file, its parameters and its limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub struct WasmPluginConfig {
+    /// Path of the `.wasm` component (relative to the working directory).
+    pub uses: PathBuf,
+    /// Parameters handed to the plugin's `init`.
+    #[serde(default, rename = "with", skip_serializing_if = "BTreeMap::is_empty")]
+    pub with: BTreeMap<String, String>,
+    /// Largest linear memory, in bytes (default 64 MiB).
+    #[serde(default = "default_plugin_memory")]
+    pub max_memory: usize,
+    /// Longest one batch may run (default PT0.1S).
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout: IsoDuration,
+}
+
+fn default_plugin_memory() -> usize {
+    64 * 1024 * 1024
+}
+fn default_plugin_timeout() -> IsoDuration {
+    IsoDuration(Duration::from_millis(100))
 }
 
 const FILTER_DIALECTS: &[&str] = &[
@@ -291,6 +317,7 @@ impl<'de> Deserialize<'de> for FilterConfig {
                     "not" => FilterConfig::Not(map.next_value()?),
                     "cesql" => FilterConfig::Cesql(map.next_value()?),
                     "pattern" => FilterConfig::Pattern(map.next_value()?),
+                    "wasm" => FilterConfig::Wasm(map.next_value()?),
                     other => {
                         return Err(M::Error::custom(format!(
                             "unknown filter dialect {other:?} (known: {})",
@@ -320,6 +347,8 @@ pub enum TransformConfig {
     Set(BTreeMap<String, String>),
     /// Removes extensions (or the optional attributes `subject`, `dataschema`, `time`).
     Remove(Vec<String>),
+    /// A WASM transform plugin.
+    Wasm(WasmPluginConfig),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,7 +377,7 @@ pub enum TransformerType {
     Template,
 }
 
-const TRANSFORMS: &[&str] = &["template", "set", "remove"];
+const TRANSFORMS: &[&str] = &["template", "set", "remove", "wasm"];
 
 impl<'de> Deserialize<'de> for TransformConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -377,6 +406,7 @@ impl<'de> Deserialize<'de> for TransformConfig {
                     "template" => TransformConfig::Template(map.next_value()?),
                     "set" => TransformConfig::Set(map.next_value()?),
                     "remove" => TransformConfig::Remove(map.next_value()?),
+                    "wasm" => TransformConfig::Wasm(map.next_value()?),
                     other => {
                         return Err(M::Error::custom(format!(
                             "unknown transform {other:?} (known: {})",
@@ -839,6 +869,22 @@ fn check_filter(f: &FilterConfig, base: &str, errors: &mut Vec<ConfigError>) {
                 ));
             }
         }
+        FilterConfig::Wasm(w) => check_plugin(w, &join(base, "wasm"), errors),
+    }
+}
+
+fn check_plugin(w: &WasmPluginConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    if w.max_memory < 64 * 1024 {
+        errors.push(ConfigError::new(
+            join(base, "max_memory"),
+            "must be at least 65536 (one WASM page)",
+        ));
+    }
+    if w.timeout.0.is_zero() {
+        errors.push(ConfigError::new(
+            join(base, "timeout"),
+            "must be greater than zero",
+        ));
     }
 }
 

@@ -22,3 +22,10 @@ impl Filter for MatchAll {
         None
     }
 }
+
+/// A filter evaluated a batch at a time that can fail (a WASM plugin that traps or runs past its
+/// deadline). A failure fails the whole batch; its events follow the delivery policy.
+pub trait BatchFilter: Send + Sync + 'static {
+    fn filter_batch(&self, events: &[&Event]) -> Result<Vec<bool>, String>;
+    fn describe(&self) -> String;
+}

@@ -14,7 +14,7 @@ use evmesh_core::ack::{tokio_free, AckHandle, AckStatus};
 use evmesh_core::config::{DeliverySpec, Ordering, SinkConfig, StartPosition, SubscriptionConfig};
 use evmesh_core::sink::{RetryHint, Sink, SinkError};
 use evmesh_core::{Event, ExtValue};
-use evmesh_router::{Origin, Route};
+use evmesh_router::{Origin, Prepared, Route};
 use evmesh_store::{CursorState, Store, StoredEvent};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -77,6 +77,7 @@ pub struct Supervisor {
     drain_timeout: Duration,
     fanouts: fanout::Fanouts,
     stop_all: watch::Sender<bool>,
+    plugins: Option<Arc<dyn evmesh_core::transform::PluginLoader>>,
 }
 
 impl Supervisor {
@@ -85,6 +86,7 @@ impl Supervisor {
         factory: SinkFactory,
         default_delivery: Option<DeliverySpec>,
         drain_timeout: Duration,
+        plugins: Option<Arc<dyn evmesh_core::transform::PluginLoader>>,
     ) -> Arc<Self> {
         Arc::new(Supervisor {
             store,
@@ -95,6 +97,7 @@ impl Supervisor {
             drain_timeout,
             fanouts: fanout::Fanouts::default(),
             stop_all: watch::channel(false).0,
+            plugins,
         })
     }
 
@@ -109,10 +112,11 @@ impl Supervisor {
         if subs.contains_key(&name) {
             return Err(DeliveryError::Exists(name));
         }
-        let route = Arc::new(Route::compile(
+        let route = Arc::new(Route::compile_with(
             config,
             origin,
             self.default_delivery.as_ref(),
+            self.plugins.as_deref(),
         )?);
         let sink = (self.factory)(&route.config.sink).map_err(|message| DeliveryError::Sink {
             name: name.clone(),
@@ -282,7 +286,7 @@ struct Stream {
     attempts: Arc<Mutex<BTreeMap<u64, u32>>>,
     running: usize,
     key_busy: HashSet<String>,
-    key_queue: HashMap<String, VecDeque<StoredEvent>>,
+    key_queue: HashMap<String, VecDeque<(StoredEvent, Option<Prepared>)>>,
     done_tx: mpsc::UnboundedSender<(u64, AckStatus)>,
     done_rx: mpsc::UnboundedReceiver<(u64, AckStatus)>,
     board: CursorBoard,
@@ -442,9 +446,12 @@ impl Stream {
                     .await
                 {
                     Ok(batch) => {
-                        for se in batch.events {
-                            self.dispatch(se);
-                        }
+                        let matched: Vec<StoredEvent> = batch
+                            .events
+                            .into_iter()
+                            .filter(|se| !self.filtered || self.ctx.route.matches(&se.event))
+                            .collect();
+                        self.dispatch_all(matched);
                         self.read_pos = batch.next.max(self.read_pos);
                     }
                     Err(e) => {
@@ -480,22 +487,41 @@ impl Stream {
         if b.next <= self.read_pos {
             return;
         }
-        for se in b.events {
-            if se.offset >= self.read_pos {
-                self.dispatch_matched(se);
-            }
-        }
+        let read_pos = self.read_pos;
+        let events: Vec<StoredEvent> = b
+            .events
+            .into_iter()
+            .filter(|se| se.offset >= read_pos)
+            .collect();
+        self.dispatch_all(events);
         self.read_pos = b.next;
     }
 
-    fn dispatch(&mut self, se: StoredEvent) {
-        if self.filtered && !self.ctx.route.matches(&se.event) {
+    /// Dispatches events that passed the pure filters; plugin filters and transforms run here,
+    /// one call per plugin for the whole batch.
+    fn dispatch_all(&mut self, events: Vec<StoredEvent>) {
+        if events.is_empty() {
             return;
         }
-        self.dispatch_matched(se);
+        if !self.filtered || !self.ctx.route.has_plugins() {
+            for se in events {
+                self.dispatch_matched(se, None);
+            }
+            return;
+        }
+        let route = self.ctx.route.clone();
+        let prepared = tokio::task::block_in_place(|| {
+            let refs: Vec<&Event> = events.iter().map(|se| &se.event).collect();
+            route.prepare_batch(&refs)
+        });
+        for (se, prep) in events.into_iter().zip(prepared) {
+            if !matches!(prep, Prepared::Skip) {
+                self.dispatch_matched(se, Some(prep));
+            }
+        }
     }
 
-    fn dispatch_matched(&mut self, se: StoredEvent) {
+    fn dispatch_matched(&mut self, se: StoredEvent, prep: Option<Prepared>) {
         let key = match self.ctx.route.config.ordering {
             Ordering::Key => se.event.partition_key(),
             Ordering::None => None,
@@ -503,17 +529,17 @@ impl Stream {
         self.pending.insert(se.offset, key.clone());
         match key {
             Some(k) if self.key_busy.contains(&k) => {
-                self.key_queue.entry(k).or_default().push_back(se);
+                self.key_queue.entry(k).or_default().push_back((se, prep));
             }
             Some(k) => {
                 self.key_busy.insert(k);
-                self.start(se);
+                self.start(se, prep);
             }
-            None => self.start(se),
+            None => self.start(se, prep),
         }
     }
 
-    fn start(&mut self, se: StoredEvent) {
+    fn start(&mut self, se: StoredEvent, prep: Option<Prepared>) {
         self.running += 1;
         let tx = self.done_tx.clone();
         let ack = AckHandle::new(
@@ -525,7 +551,7 @@ impl Stream {
         let ctx = self.ctx.clone();
         let attempts = self.attempts.clone();
         tokio::spawn(async move {
-            let status = deliver(&ctx, se.offset, se.event, &attempts).await;
+            let status = deliver(&ctx, se.offset, se.event, &attempts, prep).await;
             ack.resolve(status);
         });
     }
@@ -542,7 +568,7 @@ impl Stream {
         if let Some(k) = key {
             let next = self.key_queue.get_mut(&k).and_then(VecDeque::pop_front);
             match next {
-                Some(se) if !self.ctx.stopping() => self.start(se),
+                Some((se, prep)) if !self.ctx.stopping() => self.start(se, prep),
                 _ => {
                     self.key_queue.remove(&k);
                     self.key_busy.remove(&k);
@@ -553,26 +579,49 @@ impl Stream {
 }
 
 /// Transforms the event, then delivers what comes out under the subscription's policy; says
-/// how it ended. A transform failure dead-letters the original event with the reason.
+/// how it ended. A built-in transform failure dead-letters the original event with the reason;
+/// a plugin failure is retried per the policy first (plugins can fail transiently: deadlines).
 async fn deliver(
     ctx: &Ctx,
     offset: u64,
     event: Event,
     attempts: &Mutex<BTreeMap<u64, u32>>,
+    prep: Option<Prepared>,
 ) -> AckStatus {
-    if ctx.route.transforms.is_empty() {
-        return deliver_one(ctx, offset, event, attempts).await;
-    }
-    let outputs = match ctx.route.transform(event.clone()) {
-        Ok(o) => o,
-        Err(e) => {
-            let err = SinkError::not_retryable(format!("transform failed: {e}"));
-            return dead_letter(ctx, event, 0, err).await;
+    let outputs = match prep {
+        Some(Prepared::Skip) => return AckStatus::Skipped,
+        Some(Prepared::Outputs(o)) => o,
+        Some(Prepared::Failed(msg)) => {
+            match retry_plugins(ctx, offset, &event, attempts, msg).await {
+                Ok(Some(o)) => o,
+                Ok(None) => return AckStatus::Skipped,
+                Err(status) => return status,
+            }
         }
+        None if !ctx.route.has_transforms() => {
+            return deliver_one(ctx, offset, event, attempts).await
+        }
+        None => match ctx.route.transform_routed(event.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                let err = SinkError::not_retryable(format!("transform failed: {e}"));
+                return dead_letter(ctx, event, 0, err).await;
+            }
+        },
     };
     let mut status = AckStatus::Skipped;
-    for out in outputs {
-        match deliver_one(ctx, offset, out, attempts).await {
+    for (topic, out) in outputs {
+        let s = match topic {
+            Some(t) => {
+                if publish_to(ctx, &t, out).await {
+                    AckStatus::Delivered
+                } else {
+                    AckStatus::Retry
+                }
+            }
+            None => deliver_one(ctx, offset, out, attempts).await,
+        };
+        match s {
             AckStatus::Retry => return AckStatus::Retry,
             AckStatus::DeadLettered => status = AckStatus::DeadLettered,
             s if status == AckStatus::Skipped => status = s,
@@ -583,6 +632,70 @@ async fn deliver(
         }
     }
     status
+}
+
+/// Runs a route's plugin steps again for one event whose batch failed, with the delivery
+/// policy's backoff; after the last attempt the event is dead-lettered with the plugin's error.
+async fn retry_plugins(
+    ctx: &Ctx,
+    offset: u64,
+    event: &Event,
+    attempts: &Mutex<BTreeMap<u64, u32>>,
+    first_error: String,
+) -> Result<Option<Vec<evmesh_core::transform::Routed>>, AckStatus> {
+    let spec = &ctx.route.delivery;
+    let max_attempts = spec.retry.saturating_add(1);
+    let mut made = attempts
+        .lock()
+        .map(|a| a.get(&offset).copied().unwrap_or(0))
+        .unwrap_or(0)
+        + 1;
+    let mut last = first_error;
+    let mut stop = ctx.stop.clone();
+    loop {
+        if let Ok(mut a) = attempts.lock() {
+            a.insert(offset, made);
+        }
+        if made >= max_attempts {
+            let err = SinkError::not_retryable(last);
+            return Err(dead_letter(ctx, event.clone(), made, err).await);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff_delay(spec, made)) => {}
+            _ = stop.changed() => return Err(AckStatus::Retry),
+        }
+        let route = ctx.route.clone();
+        let again = tokio::task::block_in_place(|| route.prepare_batch(&[event]));
+        made += 1;
+        match again.into_iter().next() {
+            Some(Prepared::Outputs(o)) => {
+                if let Ok(mut a) = attempts.lock() {
+                    a.remove(&offset);
+                }
+                return Ok(Some(o));
+            }
+            Some(Prepared::Skip) | None => return Ok(None),
+            Some(Prepared::Failed(m)) => last = m,
+        }
+    }
+}
+
+/// Publishes a routed output durably, retrying until stored; false if shutdown interrupted.
+async fn publish_to(ctx: &Ctx, topic: &str, event: Event) -> bool {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match ctx.store.append(topic, std::slice::from_ref(&event)).await {
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::error!(subscription = %ctx.route.name(), topic = %topic, error = %e, "publishing a routed event failed; retrying");
+                if ctx.stopping() {
+                    return false;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// Delivers one event under the subscription's policy; says how it ended.

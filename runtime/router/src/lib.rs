@@ -7,8 +7,8 @@ mod index;
 pub use index::{IndexStats, TopicIndex};
 
 use evmesh_core::config::{ConfigError, DeliverySpec, FilterConfig, SubscriptionConfig};
-use evmesh_core::filter::Filter;
-use evmesh_core::transform::{Transform, TransformError};
+use evmesh_core::filter::{BatchFilter, Filter};
+use evmesh_core::transform::{BatchTransform, PluginLoader, Routed, Transform, TransformError};
 use evmesh_core::Event;
 use evmesh_filter_attributes::Compiled as AttrFilter;
 use evmesh_filter_cesql::Cesql;
@@ -101,6 +101,13 @@ impl Node {
                     Node::All(Vec::new())
                 }
             },
+            FilterConfig::Wasm(_) => {
+                errors.push(ConfigError::new(
+                    format!("{path}.wasm"),
+                    "wasm filters go at the top level of filters, not inside all/any/not",
+                ));
+                Node::All(Vec::new())
+            }
             FilterConfig::Pattern(p) => match PatternFilter::compile(p) {
                 Ok(f) => Node::Leaf(Box::new(f)),
                 Err(e) => {
@@ -157,12 +164,32 @@ impl Filter for Node {
     }
 }
 
+/// One step of a transform chain.
+pub enum Step {
+    Builtin(Box<dyn Transform>),
+    Plugin(Arc<dyn BatchTransform>),
+}
+
+/// What a route's plugin steps made of one event.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Dropped by a plugin filter or transform.
+    Skip,
+    /// Outputs to deliver (`None` topic) or to publish to a topic.
+    Outputs(Vec<Routed>),
+    /// A plugin failed on the batch: retry per the delivery policy, then dead-letter.
+    Failed(String),
+}
+
 /// A subscription ready to run.
 pub struct Route {
     pub config: SubscriptionConfig,
     pub origin: Origin,
+    /// The pure filters (indexable, evaluated per event).
     pub filter: Arc<dyn Filter>,
-    pub transforms: Vec<Box<dyn Transform>>,
+    /// Plugin filters, evaluated a batch at a time after `filter`.
+    pub plugin_filters: Vec<Arc<dyn BatchFilter>>,
+    pub steps: Vec<Step>,
     pub delivery: DeliverySpec,
 }
 
@@ -183,18 +210,49 @@ impl Route {
         origin: Origin,
         default_delivery: Option<&DeliverySpec>,
     ) -> Result<Route, RouterError> {
+        Self::compile_with(config, origin, default_delivery, None)
+    }
+
+    /// As [`Route::compile`], with a loader for `wasm` filters and transforms.
+    pub fn compile_with(
+        config: SubscriptionConfig,
+        origin: Origin,
+        default_delivery: Option<&DeliverySpec>,
+        plugins: Option<&dyn PluginLoader>,
+    ) -> Result<Route, RouterError> {
         let mut errors = Vec::new();
-        let nodes: Vec<Node> = config
-            .filters
-            .iter()
-            .enumerate()
-            .map(|(i, f)| Node::compile(f, &format!("filters[{i}]"), &mut errors))
-            .collect();
+        let mut plugin_filters = Vec::new();
+        let mut nodes: Vec<Node> = Vec::new();
+        for (i, f) in config.filters.iter().enumerate() {
+            match (f, plugins) {
+                (FilterConfig::Wasm(w), Some(l)) => match l.filter(w) {
+                    Ok(p) => plugin_filters.push(p),
+                    Err(e) => errors.push(ConfigError::new(format!("filters[{i}].wasm"), e)),
+                },
+                (FilterConfig::Wasm(_), None) => errors.push(ConfigError::new(
+                    format!("filters[{i}].wasm"),
+                    "WASM plugins are not available here",
+                )),
+                _ => nodes.push(Node::compile(f, &format!("filters[{i}]"), &mut errors)),
+            }
+        }
         let mut transforms = Vec::new();
         for (i, t) in config.transforms.iter().enumerate() {
-            match evmesh_filter_transform::compile(t, &format!("transforms[{i}]")) {
-                Ok(t) => transforms.push(t),
-                Err(e) => errors.push(ConfigError::new(e.path, e.message)),
+            match (t, plugins) {
+                (evmesh_core::config::TransformConfig::Wasm(w), Some(l)) => match l.transform(w) {
+                    Ok(p) => transforms.push(Step::Plugin(p)),
+                    Err(e) => errors.push(ConfigError::new(format!("transforms[{i}].wasm"), e)),
+                },
+                (evmesh_core::config::TransformConfig::Wasm(_), None) => {
+                    errors.push(ConfigError::new(
+                        format!("transforms[{i}].wasm"),
+                        "WASM plugins are not available here",
+                    ))
+                }
+                _ => match evmesh_filter_transform::compile(t, &format!("transforms[{i}]")) {
+                    Ok(t) => transforms.push(Step::Builtin(t)),
+                    Err(e) => errors.push(ConfigError::new(e.path, e.message)),
+                },
             }
         }
         if !errors.is_empty() {
@@ -212,7 +270,8 @@ impl Route {
             config,
             origin,
             filter: Arc::new(Node::All(nodes)),
-            transforms,
+            plugin_filters,
+            steps: transforms,
             delivery,
         })
     }
@@ -230,25 +289,199 @@ impl Route {
         self.filter.explain(e, "")
     }
 
-    /// Runs the transform chain; an empty result means the event was dropped.
+    /// Whether events must go through [`Route::prepare_batch`] (plugin filters or transforms).
+    pub fn has_plugins(&self) -> bool {
+        !self.plugin_filters.is_empty() || self.steps.iter().any(|s| matches!(s, Step::Plugin(_)))
+    }
+
+    /// Whether there are transforms at all.
+    pub fn has_transforms(&self) -> bool {
+        !self.steps.is_empty()
+    }
+
+    /// Runs the transform chain; an empty result means the event was dropped. Plugin steps run
+    /// on a batch of one.
     pub fn transform(&self, e: Event) -> Result<Vec<Event>, TransformError> {
-        let mut events = vec![e];
-        for (i, t) in self.transforms.iter().enumerate() {
+        let routed = self.transform_routed(e)?;
+        Ok(routed.into_iter().map(|(_, e)| e).collect())
+    }
+
+    /// The transform chain with routing: outputs a plugin sent to another topic carry it.
+    pub fn transform_routed(&self, e: Event) -> Result<Vec<Routed>, TransformError> {
+        let mut events: Vec<Routed> = vec![(None, e)];
+        for (i, t) in self.steps.iter().enumerate() {
             let mut next = Vec::with_capacity(events.len());
-            for ev in events {
-                next.extend(
-                    t.apply(ev)
-                        .map_err(|err| TransformError(format!("transforms[{i}]: {err}")))?,
-                );
+            for (topic, ev) in events {
+                if topic.is_some() {
+                    next.push((topic, ev)); // routed away: later steps do not apply
+                    continue;
+                }
+                match t {
+                    Step::Builtin(b) => next.extend(
+                        b.apply(ev)
+                            .map_err(|err| TransformError(format!("transforms[{i}]: {err}")))?
+                            .into_iter()
+                            .map(|e| (None, e)),
+                    ),
+                    Step::Plugin(p) => {
+                        let mut out = p
+                            .transform_batch(&[&ev])
+                            .map_err(|err| TransformError(format!("transforms[{i}]: {err}")))?;
+                        next.extend(out.pop().unwrap_or_default());
+                    }
+                }
             }
             events = next;
         }
         Ok(events)
     }
 
+    /// Runs the plugin filters, then the transform chain, over a batch of events that passed
+    /// the pure filters: one plugin call per step for the whole batch. A plugin failure fails
+    /// the events it was called on.
+    pub fn prepare_batch(&self, events: &[&Event]) -> Vec<Prepared> {
+        let mut keep = vec![true; events.len()];
+        for f in &self.plugin_filters {
+            let idx: Vec<usize> = (0..events.len()).filter(|i| keep[*i]).collect();
+            if idx.is_empty() {
+                break;
+            }
+            let batch: Vec<&Event> = idx.iter().map(|i| events[*i]).collect();
+            match f.filter_batch(&batch) {
+                Ok(bits) => {
+                    for (k, i) in idx.iter().enumerate() {
+                        keep[*i] = bits.get(k).copied().unwrap_or(false);
+                    }
+                }
+                Err(msg) => {
+                    return keep
+                        .iter()
+                        .map(|k| {
+                            if *k {
+                                Prepared::Failed(msg.clone())
+                            } else {
+                                Prepared::Skip
+                            }
+                        })
+                        .collect();
+                }
+            }
+        }
+        // Per input: its current outputs, or a failure.
+        let mut state: Vec<Result<Vec<Routed>, String>> = events
+            .iter()
+            .zip(&keep)
+            .map(|(e, k)| {
+                Ok(if *k {
+                    vec![(None, (*e).clone())]
+                } else {
+                    Vec::new()
+                })
+            })
+            .collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            match step {
+                Step::Builtin(b) => {
+                    for st in state.iter_mut() {
+                        let Ok(outs) = st else { continue };
+                        let mut next = Vec::with_capacity(outs.len());
+                        let mut failed = None;
+                        for (topic, ev) in outs.drain(..) {
+                            if topic.is_some() {
+                                next.push((topic, ev));
+                                continue;
+                            }
+                            match b.apply(ev) {
+                                Ok(v) => next.extend(v.into_iter().map(|e| (None, e))),
+                                Err(err) => {
+                                    failed = Some(format!("transforms[{i}]: {err}"));
+                                    break;
+                                }
+                            }
+                        }
+                        *st = match failed {
+                            Some(m) => Err(m),
+                            None => Ok(next),
+                        };
+                    }
+                }
+                Step::Plugin(p) => {
+                    let mut owners: Vec<usize> = Vec::new();
+                    let mut batch: Vec<&Event> = Vec::new();
+                    for (k, st) in state.iter().enumerate() {
+                        if let Ok(outs) = st {
+                            for (topic, ev) in outs {
+                                if topic.is_none() {
+                                    owners.push(k);
+                                    batch.push(ev);
+                                }
+                            }
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let result = p.transform_batch(&batch);
+                    drop(batch);
+                    match result {
+                        Ok(results) => {
+                            for outs in state.iter_mut().flatten() {
+                                outs.retain(|(t, _)| t.is_some());
+                            }
+                            for (owner, outs) in owners.into_iter().zip(results) {
+                                if let Some(Ok(o)) = state.get_mut(owner) {
+                                    o.extend(outs);
+                                }
+                            }
+                        }
+                        Err(msg) => {
+                            for k in owners {
+                                state[k] = Err(format!("transforms[{i}]: {msg}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        state
+            .into_iter()
+            .zip(keep)
+            .map(|(st, k)| match (st, k) {
+                (_, false) => Prepared::Skip,
+                (Err(m), _) => Prepared::Failed(m),
+                (Ok(outs), _) if outs.is_empty() => Prepared::Skip,
+                (Ok(outs), _) => Prepared::Outputs(outs),
+            })
+            .collect()
+    }
+
     /// Whether an event matches, why not, and what the transforms would make of it.
     pub fn explain(&self, e: &Event) -> Explanation {
-        let reason = self.explain_filter(e);
+        let mut reason = self.explain_filter(e);
+        if reason.is_none() {
+            let wasm_at: Vec<usize> = self
+                .config
+                .filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| matches!(f, FilterConfig::Wasm(_)))
+                .map(|(i, _)| i)
+                .collect();
+            for (k, f) in self.plugin_filters.iter().enumerate() {
+                let at = wasm_at.get(k).copied().unwrap_or(k);
+                reason = match f.filter_batch(&[e]) {
+                    Ok(bits) if bits.first() == Some(&true) => None,
+                    Ok(_) => Some(format!(
+                        "filters[{at}].wasm: {} rejected the event",
+                        f.describe()
+                    )),
+                    Err(m) => Some(format!("filters[{at}].wasm: {m}")),
+                };
+                if reason.is_some() {
+                    break;
+                }
+            }
+        }
         let matches = reason.is_none() && self.matches(e);
         let transformed = matches.then(|| self.transform(e.clone()));
         Explanation {
