@@ -475,8 +475,26 @@ fn to_event(r: &frame::EventRef<'_>) -> Result<Event, String> {
     Ok(e)
 }
 
+impl Plugin {
+    /// Creates (and drops) `n` fresh instances from the compiled plugin; the mean time of one.
+    /// For benchmarks: this is the cost a trap or a reload adds.
+    pub fn measure_instantiation(&self, n: u32) -> Result<Duration, String> {
+        let start = std::time::Instant::now();
+        for _ in 0..n.max(1) {
+            drop(self.instantiate()?);
+        }
+        Ok(start.elapsed() / n.max(1))
+    }
+}
+
 /// A WASM filter.
 pub struct WasmFilter(Arc<Plugin>);
+
+impl WasmFilter {
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.0
+    }
+}
 
 impl BatchFilter for WasmFilter {
     fn filter_batch(&self, events: &[&Event]) -> Result<Vec<bool>, String> {
@@ -550,6 +568,13 @@ impl WasmLoader {
             p.watch(every);
         }
         Ok(p)
+    }
+}
+
+impl WasmLoader {
+    /// Loads a filter plugin, typed (benchmarks and tools).
+    pub fn load_filter(&self, cfg: &WasmPluginConfig) -> Result<WasmFilter, String> {
+        Ok(WasmFilter(self.load(Kind::Filter, cfg)?))
     }
 }
 

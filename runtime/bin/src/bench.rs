@@ -38,6 +38,10 @@ pub struct BenchArgs {
         default_value = "bare,binary-always,binary-interval,batch,e2e,match"
     )]
     scenarios: String,
+    /// A WASM filter component for the `wasm` and `e2e-filter-*` scenarios (e.g. the example
+    /// `plugins/examples/target/wasm32-wasip2/release/json_field_filter.wasm`).
+    #[arg(long)]
+    plugin: Option<std::path::PathBuf>,
     /// Internal: run the bare baseline server and print its address.
     #[arg(long, hide = true)]
     bare_server: bool,
@@ -146,8 +150,30 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 stop_graceful(&mut child);
                 r
             }
-            "e2e" => e2e(&dir, &args, payload.clone(), false).await?,
-            "e2e-batch" => e2e(&dir, &args, payload.clone(), true).await?,
+            "e2e" => e2e(&dir, &args, payload.clone(), false, "", "e2e").await?,
+            "e2e-batch" => e2e(&dir, &args, payload.clone(), true, "", "e2e-batch").await?,
+            "e2e-filter-none" => e2e(&dir, &args, payload.clone(), true, "", scenario).await?,
+            "e2e-filter-builtin" => {
+                let f = "    filters:\n      - pattern: { data: { status: [paid] } }\n";
+                e2e(&dir, &args, payload.clone(), true, f, scenario).await?
+            }
+            "e2e-filter-wasm" => {
+                let Some(p) = &args.plugin else {
+                    println!(
+                        "{scenario:<16} skipped: pass --plugin path/to/json_field_filter.wasm"
+                    );
+                    continue;
+                };
+                let f = format!(
+                    "    filters:\n      - wasm: {{ uses: \"{}\", with: {{ field: status, equals: paid }} }}\n",
+                    p.display()
+                );
+                e2e(&dir, &args, payload.clone(), true, &f, scenario).await?
+            }
+            "wasm" => {
+                wasm_bench(args.plugin.as_deref());
+                continue;
+            }
             "match" => {
                 matcher_bench();
                 continue;
@@ -191,7 +217,7 @@ fn batch_body(n: usize) -> Bytes {
             s.push(',');
         }
         s.push_str(&format!(
-            r#"{{"specversion":"1.0","id":"e{i}","source":"/bench","type":"bench.event","datacontenttype":"application/json","data":{{"seq":{i},"pad":"0123456789012345678901234567890123456789012345678901234567890123"}}}}"#
+            r#"{{"specversion":"1.0","id":"e{i}","source":"/bench","type":"bench.event","datacontenttype":"application/json","data":{{"status":"paid","seq":{i},"pad":"0123456789012345678901234567890123456789012345678901234567890123"}}}}"#
         ));
     }
     s.push(']');
@@ -349,6 +375,8 @@ async fn e2e(
     args: &BenchArgs,
     payload: Bytes,
     batched: bool,
+    filters: &str,
+    name: &str,
 ) -> Result<Report> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook = listener.local_addr()?;
@@ -390,9 +418,8 @@ async fn e2e(
         }
     });
     let cfg = format!(
-        "subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
+        "subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n{filters}    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
     );
-    let name = if batched { "e2e-batch" } else { "e2e" };
     let (mut child, addr) = evmesh(dir, name, &[], &cfg)?;
     let start = Instant::now();
     let mut ingest = if batched {
@@ -423,6 +450,7 @@ async fn e2e(
             batch: args.batch,
             scenarios: String::new(),
             bare_server: false,
+            plugin: None,
         };
         drive(name, addr, &few, req, n as u64).await
     } else {
@@ -555,5 +583,111 @@ fn matcher_bench() {
             stats.residual
         );
         std::hint::black_box(matched);
+    }
+}
+
+/// The WASM filter alone, in-process: cost per event by batch size against the built-in
+/// pattern that does the same, and the cost of a fresh instance.
+fn wasm_bench(plugin: Option<&std::path::Path>) {
+    use evmesh_core::filter::{BatchFilter, Filter};
+    let Some(path) = plugin else {
+        println!("wasm             skipped: pass --plugin path/to/json_field_filter.wasm");
+        return;
+    };
+    let engine = match evmesh_plugin_host::PluginEngine::new(None) {
+        Ok(e) => e,
+        Err(e) => {
+            println!("wasm             failed: {e}");
+            return;
+        }
+    };
+    let loader = evmesh_plugin_host::WasmLoader::new(engine, None);
+    let cfg = evmesh_core::config::WasmPluginConfig {
+        uses: path.to_owned(),
+        with: [
+            ("field".to_string(), "status".to_string()),
+            ("equals".to_string(), "paid".to_string()),
+        ]
+        .into(),
+        max_memory: 64 << 20,
+        timeout: evmesh_core::duration::IsoDuration(Duration::from_secs(1)),
+    };
+    let t0 = Instant::now();
+    let wasm = match loader.load_filter(&cfg) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("wasm             failed: {e}");
+            return;
+        }
+    };
+    let load = t0.elapsed();
+    let builtin = match evmesh_filter_pattern::PatternFilter::compile(
+        &serde_json::json!({"data": {"status": ["paid"]}}),
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            println!("wasm             failed: {e}");
+            return;
+        }
+    };
+    let events: Vec<evmesh_core::Event> = (0..512)
+        .map(|i| {
+            let mut e = evmesh_core::Event::new(format!("{i}"), "/bench", "bench.event");
+            e.datacontenttype = Some("application/json".into());
+            let status = if i % 2 == 0 { "paid" } else { "open" };
+            e.data = Some(evmesh_core::Data {
+                kind: evmesh_core::DataKind::Json,
+                bytes: Bytes::from(format!(r#"{{"status":"{status}","seq":{i},"pad":"0123456789012345678901234567890123456789"}}"#)),
+            });
+            e
+        })
+        .collect();
+    let refs: Vec<&evmesh_core::Event> = events.iter().collect();
+    let time = |f: &mut dyn FnMut() -> usize, per_call: usize| {
+        let start = Instant::now();
+        let mut n = 0usize;
+        let mut kept = 0usize;
+        while start.elapsed() < Duration::from_millis(500) {
+            kept += f();
+            n += per_call;
+        }
+        std::hint::black_box(kept);
+        start.elapsed().as_nanos() as f64 / n as f64
+    };
+    let b = time(
+        &mut || refs.iter().filter(|e| builtin.matches(e)).count(),
+        refs.len(),
+    );
+    println!("wasm             built-in pattern (same test)  {b:>7.0} ns/event");
+    // The plugin's own logic compiled natively: what running it inside WASM adds is the rest.
+    let native_logic = |e: &&evmesh_core::Event| -> bool {
+        e.data
+            .as_ref()
+            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.bytes).ok())
+            .is_some_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("paid"))
+    };
+    let nat = time(
+        &mut || refs.iter().filter(|e| native_logic(e)).count(),
+        refs.len(),
+    );
+    println!("wasm             same logic, native Rust       {nat:>7.0} ns/event");
+    for batch in [1usize, 16, 64, 512] {
+        let ns = time(
+            &mut || {
+                refs.chunks(batch)
+                    .map(|c| {
+                        wasm.filter_batch(c)
+                            .map(|v| v.iter().filter(|k| **k).count())
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            },
+            refs.len(),
+        );
+        println!("wasm             WASM filter, batches of {batch:>3}  {ns:>7.0} ns/event  (WASM overhead {:>6.0} ns/event over native)", ns - nat);
+    }
+    match wasm.plugin().measure_instantiation(200) {
+        Ok(d) => println!("wasm             instantiation {:>7.1} µs (after compile; first load incl. compile/cache {:.1} ms)", d.as_secs_f64() * 1e6, load.as_secs_f64() * 1e3),
+        Err(e) => println!("wasm             instantiation failed: {e}"),
     }
 }
