@@ -506,23 +506,15 @@ async fn bare_server() -> Result<()> {
 /// The subscription matcher alone: mixed dialects (exact, prefix, suffix, CESQL with an
 /// equality conjunct, JSON patterns), indexed vs evaluated one by one.
 fn matcher_bench() {
-    use evmesh_core::config::{FilterConfig, SinkConfig, SubscriptionConfig, WebhookSinkConfig};
+    use evmesh_core::config::{FilterConfig, SinkConfig, SubscriptionConfig};
     use evmesh_router::{Origin, Route, TopicIndex};
     let sub = |i: usize, filters: serde_json::Value| SubscriptionConfig {
-        name: format!("s{i}"),
-        topic: "t".into(),
         filters: serde_json::from_value::<Vec<FilterConfig>>(filters).unwrap_or_default(),
-        transforms: Vec::new(),
-        sink: SinkConfig::Webhook(WebhookSinkConfig {
-            url: "http://127.0.0.1/".into(),
-            mode: Default::default(),
-            headers: Default::default(),
-        }),
-        delivery: None,
-        reply: None,
-        max_in_flight: 1,
-        ordering: Default::default(),
-        start: Default::default(),
+        ..SubscriptionConfig::new(
+            format!("s{i}"),
+            "t",
+            SinkConfig::webhook("http://127.0.0.1/"),
+        )
     };
     let make = |n: usize| -> TopicIndex {
         let routes = (0..n)

@@ -110,26 +110,7 @@ async fn cesql_pattern_and_transforms_route_and_reshape_events() {
         serde_json::json!({"text": "ada paid 150", "n": null, "keep": "${undefined}"})
     );
 
-    let mut dead = Vec::new();
-    for _ in 0..100 {
-        let (_, b) = send(
-            &c,
-            "GET",
-            &ev.admin_url("/subscriptions/shaped/deadletters"),
-            &[],
-            "",
-        )
-        .await;
-        dead = serde_json::from_str::<Value>(&b)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone();
-        if !dead.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dead = dead_letters(&c, &ev, "shaped", 1).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["id"], "e4");
     let reason = dead[0]["deadletterreason"].as_str().unwrap();

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,30 +50,6 @@ async fn post_json(c: &HttpClient, ev: &Evmesh, topic: &str, id: &str, data: &st
     )
     .await
     .0
-}
-
-async fn dead_letters(c: &HttpClient, ev: &Evmesh, sub: &str, n: usize) -> Vec<Value> {
-    let mut dead = Vec::new();
-    for _ in 0..300 {
-        let (_, b) = send(
-            c,
-            "GET",
-            &ev.admin_url(&format!("/subscriptions/{sub}/deadletters")),
-            &[],
-            "",
-        )
-        .await;
-        dead = serde_json::from_str::<Value>(&b)
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .clone();
-        if dead.len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    dead
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

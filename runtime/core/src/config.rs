@@ -218,6 +218,36 @@ fn default_max_in_flight() -> usize {
     64
 }
 
+impl SubscriptionConfig {
+    /// A subscription with every optional setting at its default (no filters, no transforms,
+    /// the default delivery), for code that builds subscriptions rather than reading YAML.
+    pub fn new(name: impl Into<String>, topic: impl Into<String>, sink: SinkConfig) -> Self {
+        SubscriptionConfig {
+            name: name.into(),
+            topic: topic.into(),
+            filters: Vec::new(),
+            transforms: Vec::new(),
+            sink,
+            delivery: None,
+            reply: None,
+            max_in_flight: default_max_in_flight(),
+            ordering: Ordering::default(),
+            start: StartPosition::default(),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// A binary-mode webhook sink.
+    pub fn webhook(url: impl Into<String>) -> Self {
+        SinkConfig::Webhook(WebhookSinkConfig {
+            url: url.into(),
+            mode: HttpMode::Binary,
+            headers: BTreeMap::new(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {

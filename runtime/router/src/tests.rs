@@ -1,25 +1,15 @@
 use super::*;
-use evmesh_core::config::{SinkConfig, WebhookSinkConfig};
+use evmesh_core::config::SinkConfig;
 use evmesh_core::{Data, DataKind, ExtValue};
 use proptest::prelude::*;
 use serde_json::json;
 
 fn sub(filters: Vec<FilterConfig>, delivery: Option<DeliverySpec>) -> SubscriptionConfig {
     SubscriptionConfig {
-        name: "s".into(),
-        topic: "t".into(),
         filters,
-        transforms: Vec::new(),
-        sink: SinkConfig::Webhook(WebhookSinkConfig {
-            url: "http://x/".into(),
-            mode: Default::default(),
-            headers: Default::default(),
-        }),
         delivery,
-        reply: None,
         max_in_flight: 1,
-        ordering: Default::default(),
-        start: Default::default(),
+        ..SubscriptionConfig::new("s", "t", SinkConfig::webhook("http://x/"))
     }
 }
 

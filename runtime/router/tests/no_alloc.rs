@@ -2,7 +2,7 @@
 //! with up to three function arguments, attribute-only patterns), and neither does the index.
 #![allow(clippy::unwrap_used)]
 
-use evmesh_core::config::{FilterConfig, SinkConfig, SubscriptionConfig, WebhookSinkConfig};
+use evmesh_core::config::{FilterConfig, SinkConfig, SubscriptionConfig};
 use evmesh_core::Event;
 use evmesh_router::{Origin, Route, TopicIndex};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -14,20 +14,8 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn route(i: usize, filters: serde_json::Value) -> Arc<Route> {
     let cfg = SubscriptionConfig {
-        name: format!("s{i}"),
-        topic: "t".into(),
         filters: serde_json::from_value::<Vec<FilterConfig>>(filters).unwrap(),
-        transforms: Vec::new(),
-        sink: SinkConfig::Webhook(WebhookSinkConfig {
-            url: "http://x/".into(),
-            mode: Default::default(),
-            headers: Default::default(),
-        }),
-        delivery: None,
-        reply: None,
-        max_in_flight: 1,
-        ordering: Default::default(),
-        start: Default::default(),
+        ..SubscriptionConfig::new(format!("s{i}"), "t", SinkConfig::webhook("http://x/"))
     };
     Arc::new(Route::compile(cfg, Origin::Config, None).unwrap())
 }

@@ -368,3 +368,32 @@ pub fn webhook_sub(name: &str, topic: &str, url: &str, extra: &str) -> String {
         "  - name: {name}\n    topic: {topic}\n    sink: {{ type: webhook, url: \"{url}\" }}\n{extra}"
     )
 }
+
+/// Polls a subscription's dead-letter list until it holds at least `n` events (or gives up).
+pub async fn dead_letters(
+    c: &HttpClient,
+    ev: &Evmesh,
+    sub: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut dead = Vec::new();
+    for _ in 0..300 {
+        let (_, b) = send(
+            c,
+            "GET",
+            &ev.admin_url(&format!("/subscriptions/{sub}/deadletters")),
+            &[],
+            "",
+        )
+        .await;
+        dead = serde_json::from_str::<serde_json::Value>(&b)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        if dead.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dead
+}
