@@ -84,7 +84,9 @@ impl WebhookSink {
         let mut b = Request::post(self.uri.clone());
         let mut bad = None;
         if let Some(h) = b.headers_mut() {
-            h.extend(self.headers.clone());
+            for (k, v) in &self.headers {
+                h.insert(k.clone(), v.clone());
+            }
             let body = match self.mode {
                 HttpMode::Binary => {
                     http_binding::encode_binary_headers(e, |name, value| {

@@ -1,5 +1,6 @@
-//! The CloudEvents Subscriptions API filter dialects: `exact`, `prefix`, `suffix`, `all`, `any`,
-//! `not`. A filter on an attribute the event does not have does not match.
+//! The CloudEvents Subscriptions API attribute dialects: `exact`, `prefix`, `suffix`. A filter
+//! on an attribute the event does not have does not match. The combinators (`all`, `any`,
+//! `not`) and the other dialects are composed by the router.
 
 use evmesh_core::config::FilterConfig;
 use evmesh_core::event::AttrRef;
@@ -8,8 +9,8 @@ use evmesh_core::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{0} is not an attribute dialect (exact, prefix, suffix)")]
+    NotAttributeDialect(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +38,10 @@ impl Op {
     }
 }
 
-/// A compiled filter tree.
-pub enum Compiled {
-    /// Every (attribute, value) pair must pass.
-    Attr(Op, Vec<(String, String)>),
-    All(Vec<Compiled>),
-    Any(Vec<Compiled>),
-    Not(Box<Compiled>),
+/// One `exact`/`prefix`/`suffix` filter: every (attribute, value) pair must pass.
+pub struct AttrFilter {
+    op: Op,
+    pairs: Vec<(String, String)>,
 }
 
 fn attr_matches(e: &Event, op: Op, name: &str, want: &str) -> bool {
@@ -54,106 +52,51 @@ fn attr_matches(e: &Event, op: Op, name: &str, want: &str) -> bool {
     }
 }
 
-impl Compiled {
-    /// Compiles the Subscriptions API dialects; other dialects belong to their own crates
-    /// (the router composes them).
-    pub fn compile(cfg: &FilterConfig) -> Result<Compiled, FilterError> {
-        let attrs = |m: &std::collections::BTreeMap<String, String>| {
-            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        let list = |v: &[FilterConfig]| {
-            v.iter()
-                .map(Compiled::compile)
-                .collect::<Result<Vec<_>, _>>()
-        };
-        Ok(match cfg {
-            FilterConfig::Exact(m) => Compiled::Attr(Op::Exact, attrs(m)),
-            FilterConfig::Prefix(m) => Compiled::Attr(Op::Prefix, attrs(m)),
-            FilterConfig::Suffix(m) => Compiled::Attr(Op::Suffix, attrs(m)),
-            FilterConfig::All(v) => Compiled::All(list(v)?),
-            FilterConfig::Any(v) => Compiled::Any(list(v)?),
-            FilterConfig::Not(f) => Compiled::Not(Box::new(Compiled::compile(f)?)),
-            FilterConfig::Cesql(_) | FilterConfig::Pattern(_) | FilterConfig::Wasm(_) => {
-                return Err(FilterError::Invalid {
-                    path: String::new(),
-                    message: "cesql, pattern and wasm filters are compiled by their own crates"
-                        .into(),
-                })
-            }
-        })
+impl AttrFilter {
+    pub fn new(op: Op, pairs: Vec<(String, String)>) -> Self {
+        AttrFilter { op, pairs }
     }
 
-    /// Compiles a subscription's `filters:` list (AND'ed).
-    pub fn compile_list(cfgs: &[FilterConfig]) -> Result<Compiled, FilterError> {
-        Ok(Compiled::All(
-            cfgs.iter()
-                .map(Compiled::compile)
-                .collect::<Result<Vec<_>, _>>()?,
+    pub fn compile(cfg: &FilterConfig) -> Result<AttrFilter, FilterError> {
+        let (op, m) = match cfg {
+            FilterConfig::Exact(m) => (Op::Exact, m),
+            FilterConfig::Prefix(m) => (Op::Prefix, m),
+            FilterConfig::Suffix(m) => (Op::Suffix, m),
+            FilterConfig::All(_) => return Err(FilterError::NotAttributeDialect("all")),
+            FilterConfig::Any(_) => return Err(FilterError::NotAttributeDialect("any")),
+            FilterConfig::Not(_) => return Err(FilterError::NotAttributeDialect("not")),
+            FilterConfig::Cesql(_) => return Err(FilterError::NotAttributeDialect("cesql")),
+            FilterConfig::Pattern(_) => return Err(FilterError::NotAttributeDialect("pattern")),
+            FilterConfig::Wasm(_) => return Err(FilterError::NotAttributeDialect("wasm")),
+        };
+        Ok(AttrFilter::new(
+            op,
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ))
     }
 }
 
-impl Filter for Compiled {
+impl Filter for AttrFilter {
     fn matches(&self, e: &Event) -> bool {
-        match self {
-            Compiled::Attr(op, pairs) => pairs.iter().all(|(n, v)| attr_matches(e, *op, n, v)),
-            Compiled::All(v) => v.iter().all(|f| f.matches(e)),
-            Compiled::Any(v) => v.iter().any(|f| f.matches(e)),
-            Compiled::Not(f) => !f.matches(e),
-        }
+        self.pairs
+            .iter()
+            .all(|(n, v)| attr_matches(e, self.op, n, v))
     }
 
     fn explain(&self, e: &Event, path: &str) -> Option<String> {
-        match self {
-            Compiled::Attr(op, pairs) => {
-                for (n, want) in pairs {
-                    if !attr_matches(e, *op, n, want) {
-                        let at = format!("{path}.{}.{n}", op.name());
-                        return Some(match e.attribute(n) {
-                            None => format!("{at}: the event has no {n:?} attribute"),
-                            Some(v) => v.with_str(|have| match op {
-                                Op::Exact => format!("{at}: {have:?} is not {want:?}"),
-                                Op::Prefix => {
-                                    format!("{at}: {have:?} does not start with {want:?}")
-                                }
-                                Op::Suffix => format!("{at}: {have:?} does not end with {want:?}"),
-                            }),
-                        });
-                    }
-                }
-                None
-            }
-            Compiled::All(v) => v.iter().enumerate().find_map(|(i, f)| {
-                let p = if path.is_empty() {
-                    format!("filters[{i}]")
-                } else {
-                    format!("{path}.all[{i}]")
-                };
-                f.explain(e, &p)
+        let (n, want) = self
+            .pairs
+            .iter()
+            .find(|(n, v)| !attr_matches(e, self.op, n, v))?;
+        let at = format!("{path}.{}.{n}", self.op.name());
+        Some(match e.attribute(n) {
+            None => format!("{at}: the event has no {n:?} attribute"),
+            Some(v) => v.with_str(|have| match self.op {
+                Op::Exact => format!("{at}: {have:?} is not {want:?}"),
+                Op::Prefix => format!("{at}: {have:?} does not start with {want:?}"),
+                Op::Suffix => format!("{at}: {have:?} does not end with {want:?}"),
             }),
-            Compiled::Any(v) => {
-                if v.iter().any(|f| f.matches(e)) {
-                    None
-                } else {
-                    let reasons: Vec<String> = v
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, f)| f.explain(e, &format!("{path}.any[{i}]")))
-                        .collect();
-                    Some(format!(
-                        "{path}.any: no alternative matched ({})",
-                        reasons.join("; ")
-                    ))
-                }
-            }
-            Compiled::Not(f) => {
-                if f.matches(e) {
-                    Some(format!("{path}.not: the inner filter matched"))
-                } else {
-                    None
-                }
-            }
-        }
+        })
     }
 }
 
@@ -163,19 +106,6 @@ mod tests {
     use evmesh_core::ExtValue;
     use proptest::prelude::*;
 
-    fn filters(yaml: &str) -> Compiled {
-        Compiled::compile_list(&serde_yaml_from(yaml)).unwrap()
-    }
-
-    fn serde_yaml_from(yaml: &str) -> Vec<FilterConfig> {
-        let text = format!("subscriptions: [{{name: s, topic: t, sink: {{type: webhook, url: 'http://x/'}}, filters: {yaml}}}]");
-        evmesh_core::config::load(&text, Vec::new())
-            .unwrap()
-            .subscriptions
-            .remove(0)
-            .filters
-    }
-
     fn event() -> Event {
         let mut e = Event::new("1", "shop/eu", "com.example.order.created");
         e.subject = Some("invoice.pdf".into());
@@ -183,39 +113,58 @@ mod tests {
         e
     }
 
+    fn one(op: Op, attr: &str, value: &str) -> AttrFilter {
+        AttrFilter::new(op, vec![(attr.into(), value.into())])
+    }
+
     #[test]
-    fn issue_example_matches() {
-        let f = filters(
-            r#"[
-            {exact: {type: com.example.order.created}},
-            {prefix: {source: "shop/"}},
-            {any: [{suffix: {subject: ".pdf"}}, {exact: {subject: "x"}}]},
-            {not: {exact: {datacontenttype: text/plain}}}]"#,
+    fn every_pair_must_pass_and_explain_names_the_failing_one() {
+        let f = AttrFilter::new(
+            Op::Exact,
+            vec![
+                ("type".into(), "com.example.order.created".into()),
+                ("source".into(), "shop/eu".into()),
+            ],
         );
         assert!(f.matches(&event()));
         let mut e = event();
         e.source = "web/x".into();
         assert!(!f.matches(&e));
         assert_eq!(
-            f.explain(&e, "").unwrap(),
+            f.explain(&e, "filters[0]").unwrap(),
+            "filters[0].exact.source: \"web/x\" is not \"shop/eu\""
+        );
+        let p = one(Op::Prefix, "source", "shop/");
+        assert_eq!(
+            p.explain(&e, "filters[1]").unwrap(),
             "filters[1].prefix.source: \"web/x\" does not start with \"shop/\""
         );
     }
 
     #[test]
     fn missing_attribute_never_matches() {
-        assert!(!filters("[{exact: {subject2: a}}]").matches(&event()));
-        assert!(filters("[{not: {exact: {subject2: a}}}]").matches(&event()));
+        let f = one(Op::Exact, "subject2", "a");
+        assert!(!f.matches(&event()));
+        assert_eq!(
+            f.explain(&event(), "p").unwrap(),
+            "p.exact.subject2: the event has no \"subject2\" attribute"
+        );
     }
 
     #[test]
     fn non_string_extensions_compare_by_canonical_form() {
-        assert!(filters("[{exact: {n: '5'}}]").matches(&event()));
+        assert!(one(Op::Exact, "n", "5").matches(&event()));
+        assert!(one(Op::Suffix, "subject", ".pdf").matches(&event()));
     }
 
     #[test]
-    fn no_filters_match_everything() {
-        assert!(Compiled::compile_list(&[]).unwrap().matches(&event()));
+    fn only_attribute_dialects_compile_here() {
+        let cfg: FilterConfig =
+            serde_json::from_value(serde_json::json!({"not": {"exact": {"type": "x"}}})).unwrap();
+        assert!(AttrFilter::compile(&cfg).is_err());
+        let cfg: FilterConfig =
+            serde_json::from_value(serde_json::json!({"prefix": {"source": "shop/"}})).unwrap();
+        assert!(AttrFilter::compile(&cfg).unwrap().matches(&event()));
     }
 
     proptest! {
@@ -223,11 +172,8 @@ mod tests {
         fn prefix_and_suffix_agree_with_std(s in "[a-c]{0,6}", p in "[a-c]{1,3}") {
             let mut e = event();
             e.subject = Some(s.clone());
-            let pf = Compiled::Attr(Op::Prefix, vec![("subject".into(), p.clone())]);
-            let sf = Compiled::Attr(Op::Suffix, vec![("subject".into(), p.clone())]);
-            prop_assert_eq!(pf.matches(&e), s.starts_with(&p));
-            prop_assert_eq!(sf.matches(&e), s.ends_with(&p));
-            prop_assert_eq!(Compiled::Not(Box::new(pf)).matches(&e), !s.starts_with(&p));
+            prop_assert_eq!(one(Op::Prefix, "subject", &p).matches(&e), s.starts_with(&p));
+            prop_assert_eq!(one(Op::Suffix, "subject", &p).matches(&e), s.ends_with(&p));
         }
     }
 }

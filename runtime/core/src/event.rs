@@ -106,18 +106,6 @@ pub struct Event {
     pub data: Option<Data>,
 }
 
-/// Names of the core context attributes (other than `specversion`).
-pub const CORE_ATTRIBUTES: &[&str] = &[
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-];
-
 /// A value looked up by attribute name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttrRef<'a> {

@@ -444,11 +444,6 @@ pub fn encode_batch(events: &[Event], out: &mut Vec<u8>) {
     out.push(b']');
 }
 
-/// The bytes a binary-mode consumer receives as the body.
-pub fn data_bytes(e: &Event) -> Option<&Bytes> {
-    e.data.as_ref().map(|d| &d.bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

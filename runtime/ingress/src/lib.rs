@@ -66,13 +66,35 @@ fn decode_error(e: &DecodeError) -> Resp {
     json(StatusCode::BAD_REQUEST, &body)
 }
 
-fn media_type(req: &Request<Incoming>) -> String {
-    req.headers()
+/// How a request carries its events, read once from its headers.
+enum Mode<'a> {
+    Binary,
+    Structured,
+    Batch,
+    /// Another `application/cloudevents+*` format (protobuf, avro, …).
+    Unsupported(&'a str),
+}
+
+fn mode(h: &http::HeaderMap) -> Mode<'_> {
+    let essence = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.split(';').next())
-        .map(|s| s.trim().to_ascii_lowercase())
-        .unwrap_or_default()
+        .map(str::trim)
+        .unwrap_or("");
+    let is = |t: &str| essence.eq_ignore_ascii_case(t);
+    if is("application/cloudevents-batch+json") {
+        Mode::Batch
+    } else if is("application/cloudevents+json") {
+        Mode::Structured
+    } else if !h.contains_key("ce-specversion")
+        && essence.len() >= 23
+        && essence[..23].eq_ignore_ascii_case("application/cloudevents")
+    {
+        Mode::Unsupported(essence)
+    } else {
+        Mode::Binary
+    }
 }
 
 /// Reads a body up to `max` bytes; `Err` is the response to send.
@@ -112,29 +134,38 @@ pub async fn read_body(
 
 /// Decodes a request body in binary, structured or batched mode (by its content type).
 pub fn decode_events(parts: &http::request::Parts, body: Bytes) -> Result<Vec<Event>, Box<Resp>> {
-    let mt = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.split(';').next())
-        .map(|s| s.trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let decoded: Result<Vec<Event>, DecodeError> = if mt == "application/cloudevents-batch+json" {
-        format::decode_batch(&body)
-    } else if mt == "application/cloudevents+json" {
-        format::decode_structured(&body).map(|e| vec![e])
-    } else {
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_bytes()));
-        let ct = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.as_bytes());
-        http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
+    decode_as(mode(&parts.headers), parts, body)
+}
+
+fn decode_as(
+    mode: Mode<'_>,
+    parts: &http::request::Parts,
+    body: Bytes,
+) -> Result<Vec<Event>, Box<Resp>> {
+    let decoded: Result<Vec<Event>, DecodeError> = match mode {
+        Mode::Batch => format::decode_batch(&body),
+        Mode::Structured => format::decode_structured(&body).map(|e| vec![e]),
+        Mode::Unsupported(mt) => return Err(Box::new(unsupported(mt))),
+        Mode::Binary => {
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_bytes()));
+            let ct = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes());
+            http_binding::decode_binary(headers, ct, body).map(|e| vec![e])
+        }
     };
     decoded.map_err(|e| Box::new(decode_error(&e)))
+}
+
+fn unsupported(mt: &str) -> Resp {
+    error(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("event format {mt:?} is not supported; use application/cloudevents+json, application/cloudevents-batch+json or binary mode"),
+    )
 }
 
 impl Ingest {
@@ -169,31 +200,31 @@ impl Ingest {
         if let Err(e) = validate_topic(&topic) {
             return error(StatusCode::BAD_REQUEST, e);
         }
-        let mt = media_type(&req);
-        let binary = req.headers().contains_key("ce-specversion");
-        if !binary
-            && mt.starts_with("application/cloudevents")
-            && mt != "application/cloudevents+json"
-            && mt != "application/cloudevents-batch+json"
-        {
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("event format {mt:?} is not supported; use application/cloudevents+json, application/cloudevents-batch+json or binary mode"),
-            );
+        if let Mode::Unsupported(mt) = mode(req.headers()) {
+            return unsupported(mt);
         }
         let (parts, body) = match read_body(req, self.opts.max_body_bytes).await {
             Ok(x) => x,
             Err(resp) => return resp,
         };
-        let events = match decode_events(&parts, body) {
+        let events = match decode_as(mode(&parts.headers), &parts, body) {
             Ok(e) => e,
             Err(resp) => return *resp,
         };
         match self.store.append(&topic, &events).await {
-            Ok(ack) => json(
-                StatusCode::ACCEPTED,
-                &serde_json::json!({ "accepted": ack.count, "firstOffset": ack.first }),
-            ),
+            Ok(ack) => {
+                let body = format!(
+                    r#"{{"accepted":{},"firstOffset":{}}}"#,
+                    ack.count, ack.first
+                );
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                *r.status_mut() = StatusCode::ACCEPTED;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                r
+            }
             Err(StoreError::TooLarge(n)) => error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("event of {n} bytes is too large"),

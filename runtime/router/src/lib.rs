@@ -10,7 +10,7 @@ use evmesh_core::config::{ConfigError, DeliverySpec, FilterConfig, SubscriptionC
 use evmesh_core::filter::{BatchFilter, Filter};
 use evmesh_core::transform::{BatchTransform, PluginLoader, Routed, Transform, TransformError};
 use evmesh_core::Event;
-use evmesh_filter_attributes::Compiled as AttrFilter;
+use evmesh_filter_attributes::AttrFilter;
 use evmesh_filter_cesql::Cesql;
 use evmesh_filter_pattern::PatternFilter;
 use std::sync::Arc;

@@ -33,7 +33,6 @@
 pub mod codec;
 mod segment;
 
-use bytes::Bytes;
 use evmesh_core::config::{FsyncPolicy, SubscriptionConfig};
 use evmesh_core::Event;
 use futures_util::future::BoxFuture;
@@ -1123,13 +1122,6 @@ pub fn fsck(data_dir: &Path) -> Result<FsckReport, StoreError> {
         }
     }
     Ok(report)
-}
-
-/// Helper for tests and tools: the raw payload bytes of an event.
-pub fn encode_event(e: &Event) -> Bytes {
-    let mut v = Vec::new();
-    codec::encode(e, &mut v);
-    Bytes::from(v)
 }
 
 #[cfg(test)]
