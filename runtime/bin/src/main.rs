@@ -110,6 +110,9 @@ pub fn sink_factory() -> SinkFactory {
         SinkConfig::Webhook(w) => evmesh_connector_webhook::WebhookSink::new(w)
             .map(|s| Arc::new(s) as Arc<dyn evmesh_core::sink::Sink>)
             .map_err(|e| e.to_string()),
+        SinkConfig::Kafka(k) => evmesh_connector_kafka::KafkaSink::new(k)
+            .map(|s| Arc::new(s) as Arc<dyn evmesh_core::sink::Sink>)
+            .map_err(|e| e.to_string()),
     })
 }
 
@@ -230,24 +233,34 @@ async fn serve(
     if !errors.is_empty() {
         bail!("invalid configuration:\n{}", errors.join("\n"));
     }
-    let StoreConfig::Embedded(ref mut sc) = cfg.store;
     if let Some(d) = data_dir {
-        sc.data_dir = d;
+        cfg.store.set_data_dir(d);
     }
-    let opts = StoreOptions {
-        data_dir: sc.data_dir.clone(),
-        fsync: sc.fsync,
-        fsync_interval: sc.fsync_interval.0,
-        segment_bytes: sc.segment_bytes,
-        retention: sc.retention.map(|r| r.0),
+    let data_dir = cfg.store.data_dir().to_owned();
+    let store: Arc<dyn Store> = match &cfg.store {
+        StoreConfig::Embedded(sc) => {
+            let opts = StoreOptions {
+                data_dir: sc.data_dir.clone(),
+                fsync: sc.fsync,
+                fsync_interval: sc.fsync_interval.0,
+                segment_bytes: sc.segment_bytes,
+                retention: sc.retention.map(|r| r.0),
+            };
+            let store = EmbeddedStore::open(opts)
+                .with_context(|| format!("opening the store in {}", sc.data_dir.display()))?;
+            tracing::info!(data_dir = %sc.data_dir.display(), fsync = ?sc.fsync, "store opened");
+            Arc::new(store)
+        }
+        StoreConfig::Kafka(kc) => {
+            let store = evmesh_connector_kafka::KafkaStore::open(kc)
+                .await
+                .with_context(|| format!("connecting to the Kafka store at {}", kc.brokers))?;
+            tracing::info!(brokers = %kc.brokers, topic_prefix = %kc.topic_prefix, "kafka store opened");
+            Arc::new(store)
+        }
     };
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(opts)
-            .with_context(|| format!("opening the store in {}", sc.data_dir.display()))?,
-    );
-    tracing::info!(data_dir = %sc.data_dir.display(), fsync = ?sc.fsync, "store opened");
     let drain = cfg.server.shutdown_timeout.0;
-    let engine = evmesh_plugin_host::PluginEngine::new(Some(&sc.data_dir.join("plugin-cache")))
+    let engine = evmesh_plugin_host::PluginEngine::new(Some(&data_dir.join("plugin-cache")))
         .context("starting the WASM plugin engine")?;
     let loader: Arc<dyn PluginLoader> = Arc::new(evmesh_plugin_host::WasmLoader::new(
         engine,
@@ -277,6 +290,16 @@ async fn serve(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut sources = Vec::new();
+    for src in &cfg.sources {
+        match src {
+            config::SourceConfig::Kafka(k) => {
+                let source = evmesh_connector_kafka::KafkaSource::new(k)
+                    .with_context(|| format!("starting source {:?}", k.name))?;
+                sources.push(tokio::spawn(source.run(store.clone(), stop_rx.clone())));
+            }
+        }
+    }
     let ingest = Ingest::new(
         store.clone(),
         IngestOptions {
@@ -297,6 +320,9 @@ async fn serve(
     let _ = stop_tx.send(true);
     let _ = http.task.await;
     let _ = admin.task.await;
+    for s in sources {
+        let _ = s.await;
+    }
     supervisor.shutdown().await;
     let _ = gc.await;
     store.close().await;

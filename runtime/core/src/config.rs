@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub struct Config {
     pub delivery: Option<DeliverySpec>,
     #[serde(default)]
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// Inbound connectors that write what they read into evmesh topics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,11 +71,72 @@ impl Default for ServerConfig {
     }
 }
 
-/// Where events are kept. Closed set; Kafka and RocketMQ stores join it later.
+/// Where events are kept. Closed set, tagged by `type:`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StoreConfig {
     Embedded(EmbeddedStoreConfig),
+    Kafka(KafkaStoreConfig),
+}
+
+impl StoreConfig {
+    /// The local directory for state that is not events (plugin cache; and for the embedded
+    /// store, everything).
+    pub fn data_dir(&self) -> &Path {
+        match self {
+            StoreConfig::Embedded(c) => &c.data_dir,
+            StoreConfig::Kafka(c) => &c.data_dir,
+        }
+    }
+
+    pub fn set_data_dir(&mut self, dir: PathBuf) {
+        match self {
+            StoreConfig::Embedded(c) => c.data_dir = dir,
+            StoreConfig::Kafka(c) => c.data_dir = dir,
+        }
+    }
+}
+
+/// Kafka as the event store: one Kafka topic per evmesh topic, one consumer group per
+/// subscription; several evmesh instances on the same Kafka share the delivery work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaStoreConfig {
+    /// Bootstrap servers, comma-separated (`host:port,host:port`).
+    pub brokers: String,
+    /// Kafka topic of evmesh topic `t` is `<topicPrefix><t>`.
+    #[serde(default = "default_kafka_prefix")]
+    pub topic_prefix: String,
+    /// Consumer group of subscription `s` is `<groupPrefix><s>`.
+    #[serde(default = "default_kafka_prefix")]
+    pub group_prefix: String,
+    /// Partitions of the Kafka topics evmesh creates (the unit of work sharing).
+    #[serde(default = "default_kafka_partitions")]
+    pub partitions: i32,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// How long the group waits for a silent instance before handing its partitions over.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: IsoDuration,
+    /// Local state that is not events: subscriptions made through the admin API, plugin cache.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// librdkafka properties for every client (SASL, TLS, ...), passed through unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_kafka_prefix() -> String {
+    "evmesh.".into()
+}
+fn default_kafka_partitions() -> i32 {
+    3
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_session_timeout() -> IsoDuration {
+    IsoDuration(Duration::from_secs(6))
 }
 
 impl Default for StoreConfig {
@@ -461,14 +525,133 @@ impl<'de> Deserialize<'de> for TransformConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     Webhook(WebhookSinkConfig),
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Kafka(_) => "kafka",
         }
     }
+}
+
+/// Produces each event to a Kafka topic; delivered means acknowledged by the broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    pub topic: String,
+    #[serde(default)]
+    pub mode: KafkaMode,
+    /// The attribute whose value is the record key (records of one key keep their order).
+    #[serde(default = "default_kafka_key")]
+    pub key: String,
+    #[serde(default)]
+    pub acks: KafkaAcks,
+    /// The idempotent producer (no duplicates from the producer's own retries); needs
+    /// `acks: all`.
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+    #[serde(default)]
+    pub compression: KafkaCompression,
+    /// How long the producer waits to fill a batch.
+    #[serde(default = "default_linger")]
+    pub linger: IsoDuration,
+    /// Largest producer batch, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u64>,
+    /// librdkafka producer properties (SASL, TLS, ...), passed through; they override the above.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_kafka_key() -> String {
+    "partitionkey".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_linger() -> IsoDuration {
+    IsoDuration(Duration::from_millis(5))
+}
+
+/// How an event is laid out in a Kafka record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaMode {
+    /// `ce_*` headers, the data as the value.
+    #[default]
+    Binary,
+    /// `application/cloudevents+json` value.
+    Structured,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaAcks {
+    /// Every in-sync replica has the record.
+    #[default]
+    All,
+    /// The partition leader has it.
+    Leader,
+    /// Fire and forget (delivered as soon as it is sent).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    #[default]
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+}
+
+/// An inbound connector. Closed set, tagged by `type:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    Kafka(KafkaSourceConfig),
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Kafka(k) => &k.name,
+        }
+    }
+}
+
+/// Consumes Kafka records into an evmesh topic; offsets are committed only after the events
+/// are durably stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    pub name: String,
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    pub topics: Vec<String>,
+    /// The consumer group (its committed offsets are where a restart resumes).
+    pub group: String,
+    /// The evmesh topic the events are written to.
+    pub into: String,
+    /// Where a group without committed offsets starts. Committed offsets always win.
+    #[serde(default)]
+    pub start: StartPosition,
+    /// The `type` given to records that are not CloudEvents.
+    #[serde(default = "default_record_type")]
+    pub record_type: String,
+    /// librdkafka consumer properties (SASL, TLS, ...), passed through.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_record_type() -> String {
+    "dev.evmesh.kafka.record".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -734,12 +917,59 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
             ));
         }
     }
-    let StoreConfig::Embedded(store) = &cfg.store;
-    if store.segment_bytes < 4096 {
-        errors.push(ConfigError::new(
-            "store.segmentBytes",
-            "must be at least 4096",
-        ));
+    match &cfg.store {
+        StoreConfig::Embedded(store) => {
+            if store.segment_bytes < 4096 {
+                errors.push(ConfigError::new(
+                    "store.segmentBytes",
+                    "must be at least 4096",
+                ));
+            }
+        }
+        StoreConfig::Kafka(k) => {
+            check_brokers(&k.brokers, "store.brokers", &mut errors);
+            if k.partitions < 1 {
+                errors.push(ConfigError::new("store.partitions", "must be at least 1"));
+            }
+            if k.replication_factor < 1 {
+                errors.push(ConfigError::new(
+                    "store.replicationFactor",
+                    "must be at least 1",
+                ));
+            }
+            for (path, prefix) in [
+                ("store.topicPrefix", &k.topic_prefix),
+                ("store.groupPrefix", &k.group_prefix),
+            ] {
+                if !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    errors.push(ConfigError::new(
+                        path,
+                        format!("{prefix:?} may only contain letters, digits, '.', '_' and '-'"),
+                    ));
+                }
+            }
+            if k.session_timeout.0 < Duration::from_secs(1) {
+                errors.push(ConfigError::new(
+                    "store.sessionTimeout",
+                    "must be at least PT1S",
+                ));
+            }
+        }
+    }
+    let mut source_names: Vec<&str> = Vec::new();
+    for (i, src) in cfg.sources.iter().enumerate() {
+        let base = format!("sources[{i}]");
+        if source_names.contains(&src.name()) {
+            errors.push(ConfigError::new(
+                join(&base, "name"),
+                format!("duplicate source name {:?}", src.name()),
+            ));
+        }
+        source_names.push(src.name());
+        check_source(src, &base, &mut errors);
     }
     if let Some(d) = &cfg.delivery {
         check_delivery(d, "delivery", &mut errors);
@@ -831,6 +1061,80 @@ fn check_sink(s: &SinkConfig, base: &str, errors: &mut Vec<ConfigError>) {
                         "invalid HTTP header name",
                     ));
                 }
+            }
+        }
+        SinkConfig::Kafka(k) => {
+            check_brokers(&k.brokers, &join(base, "brokers"), errors);
+            check_kafka_topic(&k.topic, &join(base, "topic"), errors);
+            if k.idempotence && k.acks != KafkaAcks::All {
+                errors.push(ConfigError::new(
+                    join(base, "idempotence"),
+                    "the idempotent producer needs acks: all (or set idempotence: false)",
+                ));
+            }
+            if crate::event::validate_extension_name(&k.key).is_err() {
+                errors.push(ConfigError::new(
+                    join(base, "key"),
+                    format!("{:?} is not an attribute name", k.key),
+                ));
+            }
+        }
+    }
+}
+
+fn check_brokers(brokers: &str, path: &str, errors: &mut Vec<ConfigError>) {
+    let ok = !brokers.trim().is_empty()
+        && brokers.split(',').all(|b| {
+            b.trim()
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        });
+    if !ok {
+        errors.push(ConfigError::new(
+            path,
+            format!("{brokers:?} is not a list of brokers (expected host:port[,host:port...])"),
+        ));
+    }
+}
+
+/// A Kafka topic evmesh reads or writes directly (not through its own naming).
+fn check_kafka_topic(topic: &str, path: &str, errors: &mut Vec<ConfigError>) {
+    let ok = !topic.is_empty()
+        && topic.len() <= 249
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        errors.push(ConfigError::new(
+            path,
+            format!("{topic:?} is not a valid Kafka topic name (1-249 of letters, digits, '.', '_', '-')"),
+        ));
+    }
+}
+
+fn check_source(s: &SourceConfig, base: &str, errors: &mut Vec<ConfigError>) {
+    match s {
+        SourceConfig::Kafka(k) => {
+            if let Err(e) = validate_name(&k.name) {
+                errors.push(ConfigError::new(join(base, "name"), e));
+            }
+            check_brokers(&k.brokers, &join(base, "brokers"), errors);
+            if k.topics.is_empty() {
+                errors.push(ConfigError::new(
+                    join(base, "topics"),
+                    "name at least one Kafka topic",
+                ));
+            }
+            for (i, t) in k.topics.iter().enumerate() {
+                check_kafka_topic(t, &join(base, &format!("topics[{i}]")), errors);
+            }
+            if k.group.trim().is_empty() {
+                errors.push(ConfigError::new(join(base, "group"), "must not be empty"));
+            }
+            if let Err(e) = validate_topic(&k.into) {
+                errors.push(ConfigError::new(join(base, "into"), e));
             }
         }
     }

@@ -10,8 +10,55 @@ use crate::event::{Data, Event, EventError, ExtValue, SpecVersion};
 use crate::format::DecodeError;
 use bytes::Bytes;
 
-/// Decodes a binary-mode message.
+/// How a protocol binding names and encodes binary-mode attribute headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderStyle {
+    /// `ce-` for HTTP, `ce_` for Kafka.
+    pub prefix: &'static str,
+    /// HTTP percent-encodes header values; Kafka carries raw UTF-8.
+    pub percent_encoded: bool,
+}
+
+impl HeaderStyle {
+    pub const HTTP: HeaderStyle = HeaderStyle {
+        prefix: "ce-",
+        percent_encoded: true,
+    };
+    pub const KAFKA: HeaderStyle = HeaderStyle {
+        prefix: "ce_",
+        percent_encoded: false,
+    };
+
+    fn decode_value(self, v: &[u8]) -> Result<String, String> {
+        if self.percent_encoded {
+            percent_decode(v)
+        } else {
+            String::from_utf8(v.to_vec()).map_err(|_| "header value is not valid UTF-8".into())
+        }
+    }
+
+    fn encode_value(self, v: &str) -> String {
+        if self.percent_encoded {
+            percent_encode(v)
+        } else {
+            v.to_owned()
+        }
+    }
+}
+
+/// Decodes an HTTP binary-mode message.
 pub fn decode_binary<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    content_type: Option<&[u8]>,
+    body: Bytes,
+) -> Result<Event, DecodeError> {
+    decode_binary_with(HeaderStyle::HTTP, headers, content_type, body)
+}
+
+/// Decodes a binary-mode message whose attribute headers follow `style`; an empty body is
+/// an event without data.
+pub fn decode_binary_with<'a>(
+    style: HeaderStyle,
     headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     content_type: Option<&[u8]>,
     body: Bytes,
@@ -26,11 +73,13 @@ pub fn decode_binary<'a>(
     let mut extensions: Vec<(String, ExtValue)> = Vec::new();
 
     for (name, value) in headers {
-        let Some(attr) = name.strip_prefix("ce-") else {
+        let Some(attr) = name.strip_prefix(style.prefix) else {
             continue;
         };
-        let header = || format!("ce-{attr}");
-        let value = percent_decode(value).map_err(|rule| EventError::new(header(), rule))?;
+        let header = || format!("{}{attr}", style.prefix);
+        let value = style
+            .decode_value(value)
+            .map_err(|rule| EventError::new(header(), rule))?;
         let slot = match attr {
             "specversion" => &mut specversion,
             "id" => &mut id,
@@ -41,8 +90,8 @@ pub fn decode_binary<'a>(
             "time" => &mut time,
             "datacontenttype" => {
                 return Err(EventError::new(
-                    "ce-datacontenttype",
-                    "binary mode carries datacontenttype in the Content-Type header",
+                    header(),
+                    "binary mode carries datacontenttype in the content-type header",
                 )
                 .into())
             }
@@ -96,28 +145,41 @@ pub fn decode_binary<'a>(
     Ok(event)
 }
 
-/// Calls `push(name, value)` for every `ce-*` header of a binary-mode message, plus
+/// Calls `push(name, value)` for every `ce-*` header of an HTTP binary-mode message, plus
 /// `content-type` when the event has one.
-pub fn encode_binary_headers(e: &Event, mut push: impl FnMut(&str, String)) {
-    push("ce-specversion", e.specversion.as_str().to_owned());
-    push("ce-id", percent_encode(&e.id));
-    push("ce-source", percent_encode(&e.source));
-    push("ce-type", percent_encode(&e.ty));
+pub fn encode_binary_headers(e: &Event, push: impl FnMut(&str, String)) {
+    encode_binary_headers_with(HeaderStyle::HTTP, e, push)
+}
+
+/// Calls `push(name, value)` for every attribute header of a binary-mode message in `style`,
+/// plus `content-type` when the event has one.
+pub fn encode_binary_headers_with(
+    style: HeaderStyle,
+    e: &Event,
+    mut push: impl FnMut(&str, String),
+) {
+    let mut name = String::with_capacity(24);
+    let mut put = |attr: &str, value: String| {
+        name.clear();
+        name.push_str(style.prefix);
+        name.push_str(attr);
+        push(&name, value);
+    };
+    put("specversion", e.specversion.as_str().to_owned());
+    put("id", style.encode_value(&e.id));
+    put("source", style.encode_value(&e.source));
+    put("type", style.encode_value(&e.ty));
     if let Some(v) = &e.dataschema {
-        push("ce-dataschema", percent_encode(v));
+        put("dataschema", style.encode_value(v));
     }
     if let Some(v) = &e.subject {
-        push("ce-subject", percent_encode(v));
+        put("subject", style.encode_value(v));
     }
     if let Some(v) = &e.time {
-        push("ce-time", percent_encode(v));
+        put("time", style.encode_value(v));
     }
-    let mut name = String::with_capacity(24);
     for (n, v) in &e.extensions {
-        name.clear();
-        name.push_str("ce-");
-        name.push_str(n);
-        push(&name, percent_encode(&v.to_canonical_string()));
+        put(n, style.encode_value(&v.to_canonical_string()));
     }
     if let Some(ct) = e.effective_content_type() {
         push("content-type", ct.to_owned());

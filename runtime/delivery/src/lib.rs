@@ -15,7 +15,7 @@ use evmesh_core::config::{DeliverySpec, Ordering, SinkConfig, StartPosition, Sub
 use evmesh_core::sink::{RetryHint, Sink, SinkError};
 use evmesh_core::{Event, ExtValue};
 use evmesh_router::{Origin, Prepared, Route};
-use evmesh_store::{CursorState, Store, StoredEvent};
+use evmesh_store::{CursorState, GroupConsumption, PartitionLog, Store, StoredEvent, TopicLog};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -142,8 +142,25 @@ impl Supervisor {
             (route.config.topic.clone(), true, route.config.start),
             (redrive_topic(&name), false, StartPosition::Earliest),
         ] {
+            if let Some(group) = self.store.consume_group(&name, &topic, start).await? {
+                tasks.push(tokio::spawn(run_group(
+                    ctx.clone(),
+                    topic,
+                    filtered,
+                    group,
+                    self.board.clone(),
+                    self.drain_timeout,
+                )));
+                continue;
+            }
+            let log = Arc::new(TopicLog {
+                store: self.store.clone(),
+                subscription: name.clone(),
+                topic: topic.clone(),
+            });
             let mut stream = Stream::open(
                 ctx.clone(),
+                log,
                 topic.clone(),
                 filtered,
                 start,
@@ -262,6 +279,7 @@ impl Supervisor {
     }
 }
 
+#[derive(Clone)]
 struct Ctx {
     route: Arc<Route>,
     sink: Arc<dyn Sink>,
@@ -276,8 +294,67 @@ impl Ctx {
     }
 }
 
+/// Runs one stream per partition the consumer group gives this instance, each stopping when
+/// its partition is revoked or the subscription stops.
+async fn run_group(
+    ctx: Arc<Ctx>,
+    topic: String,
+    filtered: bool,
+    mut group: GroupConsumption,
+    board: CursorBoard,
+    drain_timeout: Duration,
+) {
+    let mut stop = ctx.stop.clone();
+    let mut streams: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        if ctx.stopping() {
+            break;
+        }
+        tokio::select! {
+            a = group.assignments.recv() => {
+                let Some(a) = a else { break };
+                let (part_stop, part_stop_rx) = watch::channel(false);
+                let mut sub_stop = ctx.stop.clone();
+                let mut revoked = a.revoked;
+                tokio::spawn(async move {
+                    loop {
+                        if *sub_stop.borrow() || *revoked.borrow() {
+                            break;
+                        }
+                        tokio::select! {
+                            r = sub_stop.changed() => if r.is_err() { break },
+                            r = revoked.changed() => if r.is_err() { break },
+                        }
+                    }
+                    let _ = part_stop.send(true);
+                });
+                let part_ctx = Arc::new(Ctx {
+                    stop: part_stop_rx,
+                    ..(*ctx).clone()
+                });
+                let label = format!("{topic}#{}", a.partition);
+                match Stream::open(part_ctx, a.log, label.clone(), filtered, StartPosition::Earliest, board.clone(), drain_timeout) {
+                    Ok(s) => {
+                        tracing::info!(subscription = %ctx.route.name(), partition = %label, "partition assigned");
+                        streams.push(tokio::spawn(s.run()));
+                    }
+                    Err(e) => tracing::error!(subscription = %ctx.route.name(), partition = %label, error = %e, "could not start reading a partition"),
+                }
+                streams.retain(|h| !h.is_finished());
+            }
+            _ = stop.changed() => {}
+        }
+    }
+    for h in streams {
+        let _ = h.await;
+    }
+    drop(group);
+}
+
 struct Stream {
     ctx: Arc<Ctx>,
+    log: Arc<dyn PartitionLog>,
+    /// The topic (and partition) for logs and the cursor board.
     topic: String,
     filtered: bool,
     read_pos: u64,
@@ -299,6 +376,7 @@ struct Stream {
 impl Stream {
     fn open(
         ctx: Arc<Ctx>,
+        log: Arc<dyn PartitionLog>,
         topic: String,
         filtered: bool,
         start: StartPosition,
@@ -306,12 +384,12 @@ impl Stream {
         drain_timeout: Duration,
     ) -> Result<Stream, DeliveryError> {
         let name = ctx.route.name().to_owned();
-        let (state, fresh) = match ctx.store.load_cursor(&name, &topic)? {
+        let (state, fresh) = match log.load_cursor()? {
             Some(s) => (s, false),
             None => {
                 let committed = match start {
                     StartPosition::Earliest => 0,
-                    StartPosition::Latest => *ctx.store.watch_end(&topic).borrow(),
+                    StartPosition::Latest => *log.watch_end().borrow(),
                 };
                 (
                     CursorState {
@@ -323,7 +401,7 @@ impl Stream {
             }
         };
         if fresh {
-            ctx.store.save_cursor(&name, &topic, &state)?;
+            log.save_cursor(&state)?;
         }
         if let Ok(mut b) = board.lock() {
             b.insert((name, topic.clone()), state.committed);
@@ -331,6 +409,7 @@ impl Stream {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(Stream {
             ctx,
+            log,
             topic,
             filtered,
             read_pos: state.committed,
@@ -371,7 +450,7 @@ impl Stream {
             return;
         }
         let name = self.ctx.route.name().to_owned();
-        match self.ctx.store.save_cursor(&name, &self.topic, &state) {
+        match self.log.save_cursor(&state) {
             Ok(()) => {
                 if let Ok(mut b) = self.board.lock() {
                     b.insert((name, self.topic.clone()), committed);
@@ -385,7 +464,7 @@ impl Stream {
     }
 
     async fn run(mut self) {
-        let mut end_rx = self.ctx.store.watch_end(&self.topic);
+        let mut end_rx = self.log.watch_end();
         let mut stop = self.ctx.stop.clone();
         let mut last_persist = Instant::now();
         let persist_every = Duration::from_millis(100);
@@ -439,12 +518,7 @@ impl Stream {
                 }
             }
             if room > 0 && queued_ok && self.read_pos < end {
-                match self
-                    .ctx
-                    .store
-                    .read(&self.topic, self.read_pos, room.min(512))
-                    .await
-                {
+                match self.log.read(self.read_pos, room.min(512)).await {
                     Ok(batch) => {
                         let matched: Vec<StoredEvent> = batch
                             .events

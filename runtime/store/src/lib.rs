@@ -32,8 +32,11 @@
 
 pub mod codec;
 mod segment;
+mod state;
 
-use evmesh_core::config::{FsyncPolicy, SubscriptionConfig};
+pub use state::StateDir;
+
+use evmesh_core::config::{FsyncPolicy, StartPosition, SubscriptionConfig};
 use evmesh_core::Event;
 use futures_util::future::BoxFuture;
 use segment::{parse_segment_name, scan, segment_name, Damage, Segment, FRAME, MAGIC, MIN_RECORD};
@@ -62,6 +65,9 @@ pub enum StoreError {
     TooLarge(usize),
     #[error("the log writer failed earlier ({0}); restart evmesh once the disk is healthy")]
     Failed(String),
+    /// An external event store (Kafka) refused or failed; `{0}` says what and why.
+    #[error("event store: {0}")]
+    Backend(String),
     #[error("invalid state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
 }
@@ -163,6 +169,69 @@ pub trait Store: Send + Sync + 'static {
     fn problems(&self) -> Vec<StoreProblem>;
     /// Finishes pending appends and stops the writer.
     fn close(&self) -> BoxFuture<'static, ()>;
+    /// For stores that share consumption between evmesh instances (Kafka): joins the
+    /// subscription's consumer group on `topic` and hands out the partitions this instance is
+    /// given. `None` means the subscription reads the topic itself with [`Store::read`] and the
+    /// cursor methods (the embedded log: one partition, one reader).
+    fn consume_group(
+        &self,
+        subscription: &str,
+        topic: &str,
+        start: StartPosition,
+    ) -> BoxFuture<'static, Result<Option<GroupConsumption>, StoreError>> {
+        let _ = (subscription, topic, start);
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// One partition of a topic as one subscription reads it: offsets are dense and only grow,
+/// reads continue where the last one ended.
+pub trait PartitionLog: Send + Sync + 'static {
+    /// Up to `max` events from `from` that are already here; empty when there are none yet.
+    fn read(&self, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>>;
+    /// One past the newest offset readable now, observable for changes.
+    fn watch_end(&self) -> watch::Receiver<u64>;
+    fn load_cursor(&self) -> Result<Option<CursorState>, StoreError>;
+    /// Records that everything before `state.committed` is finished (plus retry state).
+    fn save_cursor(&self, state: &CursorState) -> Result<(), StoreError>;
+}
+
+/// A partition handed to this instance by a consumer group.
+pub struct Assignment {
+    pub partition: i32,
+    pub log: Arc<dyn PartitionLog>,
+    /// Turns true when the group takes the partition away (another instance owns it now).
+    pub revoked: watch::Receiver<bool>,
+}
+
+/// Membership of one consumer group: partitions arrive as they are assigned; dropping this
+/// leaves the group.
+pub struct GroupConsumption {
+    pub assignments: mpsc::UnboundedReceiver<Assignment>,
+    pub membership: Box<dyn Send + Sync>,
+}
+
+/// One topic of a store that reads itself (the embedded log), as a [`PartitionLog`].
+pub struct TopicLog {
+    pub store: Arc<dyn Store>,
+    pub subscription: String,
+    pub topic: String,
+}
+
+impl PartitionLog for TopicLog {
+    fn read(&self, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
+        self.store.read(&self.topic, from, max)
+    }
+    fn watch_end(&self) -> watch::Receiver<u64> {
+        self.store.watch_end(&self.topic)
+    }
+    fn load_cursor(&self) -> Result<Option<CursorState>, StoreError> {
+        self.store.load_cursor(&self.subscription, &self.topic)
+    }
+    fn save_cursor(&self, state: &CursorState) -> Result<(), StoreError> {
+        self.store
+            .save_cursor(&self.subscription, &self.topic, state)
+    }
 }
 
 struct SegMeta {
@@ -205,8 +274,8 @@ struct Inner {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     writer: mpsc::Sender<WriterMsg>,
     problems: Mutex<Vec<StoreProblem>>,
-    /// Serializes cursor and registry file writes.
-    state_lock: Mutex<()>,
+    /// Cursor and registry files.
+    state: StateDir,
 }
 
 /// The embedded on-disk store.
@@ -215,7 +284,7 @@ pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
 
-fn lock_poisoned() -> StoreError {
+pub(crate) fn lock_poisoned() -> StoreError {
     StoreError::Corrupt("internal lock poisoned by an earlier panic".into())
 }
 
@@ -225,8 +294,7 @@ impl EmbeddedStore {
         let topics_dir = opts.data_dir.join("topics");
         fs::create_dir_all(&topics_dir)
             .map_err(|e| StoreError::io(format!("creating {}", topics_dir.display()), e))?;
-        fs::create_dir_all(opts.data_dir.join("subscriptions"))
-            .map_err(|e| StoreError::io("creating the subscriptions directory", e))?;
+        let state = StateDir::open(&opts.data_dir)?;
         let mut topics = HashMap::new();
         let mut problems = Vec::new();
         let entries = fs::read_dir(&topics_dir)
@@ -253,7 +321,7 @@ impl EmbeddedStore {
             topics: RwLock::new(topics),
             writer: tx,
             problems: Mutex::new(problems),
-            state_lock: Mutex::new(()),
+            state,
         });
         let w = Writer {
             opts: inner.opts.clone(),
@@ -290,15 +358,6 @@ impl EmbeddedStore {
         });
         topics.insert(name.to_owned(), t.clone());
         Ok(t)
-    }
-
-    fn cursor_path(&self, sub: &str, topic: &str) -> PathBuf {
-        self.inner
-            .opts
-            .data_dir
-            .join("subscriptions")
-            .join(sub)
-            .join(format!("{topic}.cursor.json"))
     }
 
     /// Blocking read; see [`Store::read`].
@@ -811,21 +870,6 @@ impl Writer {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        File::create(&tmp).map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
-    f.write_all(bytes)
-        .map_err(|e| StoreError::io(format!("writing {}", tmp.display()), e))?;
-    f.sync_data()
-        .map_err(|e| StoreError::io(format!("syncing {}", tmp.display()), e))?;
-    fs::rename(&tmp, path).map_err(|e| StoreError::io(format!("renaming {}", tmp.display()), e))
-}
-
 impl Store for EmbeddedStore {
     fn append(
         &self,
@@ -896,17 +940,7 @@ impl Store for EmbeddedStore {
         subscription: &str,
         topic: &str,
     ) -> Result<Option<CursorState>, StoreError> {
-        let path = self.cursor_path(subscription, topic);
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::State {
-                    path,
-                    reason: e.to_string(),
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
-        }
+        self.inner.state.load_cursor(subscription, topic)
     }
 
     fn save_cursor(
@@ -915,50 +949,19 @@ impl Store for EmbeddedStore {
         topic: &str,
         state: &CursorState,
     ) -> Result<(), StoreError> {
-        let path = self.cursor_path(subscription, topic);
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
-        write_atomic(&path, &bytes)
+        self.inner.state.save_cursor(subscription, topic, state)
     }
 
     fn delete_subscription_state(&self, subscription: &str) -> Result<(), StoreError> {
-        let dir = self
-            .inner
-            .opts
-            .data_dir
-            .join("subscriptions")
-            .join(subscription);
-        let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(format!("removing {}", dir.display()), e)),
-        }
+        self.inner.state.delete_subscription(subscription)
     }
 
     fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError> {
-        let path = self.inner.opts.data_dir.join("subscriptions.json");
-        match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| StoreError::State {
-                path,
-                reason: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
-        }
+        self.inner.state.load_api_subscriptions()
     }
 
     fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError> {
-        let path = self.inner.opts.data_dir.join("subscriptions.json");
-        let bytes = serde_json::to_vec_pretty(subs).map_err(|e| StoreError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let _g = self.inner.state_lock.lock().map_err(|_| lock_poisoned())?;
-        write_atomic(&path, &bytes)
+        self.inner.state.save_api_subscriptions(subs)
     }
 
     fn collect_garbage(&self, topic: &str, keep_from: u64) -> Result<usize, StoreError> {
