@@ -91,7 +91,7 @@ pub fn encode(event: &Event, mode: KafkaMode, key_attribute: &str) -> OutRecord 
 /// What a record turned out to be.
 #[derive(Debug)]
 pub enum Decoded {
-    CloudEvent(Event),
+    CloudEvent(Box<Event>),
     /// Neither binary nor structured mode.
     Plain,
 }
@@ -104,7 +104,7 @@ pub fn decode(record: &InRecord<'_>) -> Result<Decoded, DecodeError> {
         let media = ct.split(';').next().unwrap_or("").trim();
         if media.eq_ignore_ascii_case("application/cloudevents+json") {
             return format::decode_structured(record.value.unwrap_or_default())
-                .map(Decoded::CloudEvent);
+                .map(|e| Decoded::CloudEvent(Box::new(e)));
         }
         if media
             .to_ascii_lowercase()
@@ -126,7 +126,8 @@ pub fn decode(record: &InRecord<'_>) -> Result<Decoded, DecodeError> {
         .filter(|(n, _)| !n.eq_ignore_ascii_case("content-type"))
         .copied();
     let body = record.value.map(Bytes::copy_from_slice).unwrap_or_default();
-    decode_binary_with(HeaderStyle::KAFKA, headers, content_type, body).map(Decoded::CloudEvent)
+    decode_binary_with(HeaderStyle::KAFKA, headers, content_type, body)
+        .map(|e| Decoded::CloudEvent(Box::new(e)))
 }
 
 /// Attributes given to a plain (non-CloudEvents) record:
@@ -220,7 +221,7 @@ mod tests {
             value: r.value.as_deref(),
         };
         match decode(&rec).unwrap() {
-            Decoded::CloudEvent(e) => e,
+            Decoded::CloudEvent(e) => *e,
             Decoded::Plain => panic!("not a CloudEvent"),
         }
     }

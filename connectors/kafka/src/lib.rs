@@ -92,3 +92,73 @@ fn owned_headers(headers: &[(String, Vec<u8>)]) -> rdkafka::message::OwnedHeader
     }
     h
 }
+
+/// A producer that is replaced when it stops making progress: after a fatal error (an
+/// idempotent producer whose state the broker lost), or when nothing was acknowledged for a
+/// while although sends were timing out. Replacing it drops what it had queued; those sends
+/// fail and are retried by their caller (at least once, never silently dropped).
+struct Renewing {
+    config: ClientConfig,
+    current: std::sync::RwLock<std::sync::Arc<rdkafka::producer::FutureProducer>>,
+    last_progress: std::sync::Mutex<std::time::Instant>,
+    what: String,
+}
+
+impl Renewing {
+    fn new(config: ClientConfig, what: String) -> Result<Self, rdkafka::error::KafkaError> {
+        let p = config.create()?;
+        Ok(Renewing {
+            config,
+            current: std::sync::RwLock::new(std::sync::Arc::new(p)),
+            last_progress: std::sync::Mutex::new(std::time::Instant::now()),
+            what,
+        })
+    }
+
+    fn get(&self) -> std::sync::Arc<rdkafka::producer::FutureProducer> {
+        match self.current.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn progressed(&self) {
+        if let Ok(mut t) = self.last_progress.lock() {
+            *t = std::time::Instant::now();
+        }
+    }
+
+    /// After a failed or timed-out send on `used`: replace it if it is dead or stalled.
+    fn check(
+        &self,
+        used: &std::sync::Arc<rdkafka::producer::FutureProducer>,
+        stall: std::time::Duration,
+    ) {
+        use rdkafka::producer::Producer;
+        let fatal = used.client().fatal_error();
+        let stalled = self
+            .last_progress
+            .lock()
+            .map(|t| t.elapsed() > stall)
+            .unwrap_or(false);
+        if fatal.is_none() && !stalled {
+            return;
+        }
+        let Ok(mut cur) = self.current.write() else {
+            return;
+        };
+        if !std::sync::Arc::ptr_eq(&cur, used) {
+            return; // someone replaced it already
+        }
+        match self.config.create() {
+            Ok(p) => {
+                tracing::warn!(producer = %self.what, fatal = ?fatal, "kafka producer made no progress; starting a new one");
+                *cur = std::sync::Arc::new(p);
+                self.progressed();
+            }
+            Err(e) => {
+                tracing::error!(producer = %self.what, error = %e, "could not start a new kafka producer")
+            }
+        }
+    }
+}

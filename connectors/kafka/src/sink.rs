@@ -1,17 +1,17 @@
 //! The Kafka sink: one idempotent producer per subscription sink.
 
 use crate::binding;
-use crate::{client_config, client_error, owned_headers, KafkaConnectorError};
+use crate::{client_config, client_error, owned_headers, KafkaConnectorError, Renewing};
 use evmesh_core::config::{KafkaAcks, KafkaCompression, KafkaMode, KafkaSinkConfig};
 use evmesh_core::sink::{Delivered, Sink, SinkError};
 use evmesh_core::Event;
 use futures_util::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use std::time::Duration;
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: Renewing,
     topic: String,
     mode: KafkaMode,
     key: String,
@@ -46,7 +46,8 @@ impl KafkaSink {
         for (k, v) in &cfg.properties {
             c.set(k, v);
         }
-        let producer: FutureProducer = c.create().map_err(client_error(&cfg.brokers))?;
+        let producer =
+            Renewing::new(c, format!("sink {}", cfg.topic)).map_err(client_error(&cfg.brokers))?;
         Ok(KafkaSink {
             producer,
             topic: cfg.topic.clone(),
@@ -87,18 +88,26 @@ impl Sink for KafkaSink {
         if let Some(v) = rec.value.as_deref() {
             record = record.payload(v);
         }
-        let sent = self.producer.send_result(record).map_err(|(e, _)| e);
+        let producer = self.producer.get();
+        let sent = producer.send_result(record).map_err(|(e, _)| e);
         Box::pin(async move {
-            let fut = sent.map_err(|e| classify(&self.topic, e))?;
-            match tokio::time::timeout(timeout, fut).await {
-                Err(_) => Err(SinkError::retryable(format!(
-                    "kafka topic {}: no acknowledgement within {timeout:?}",
-                    self.topic
-                ))),
-                Ok(Err(_)) => Err(SinkError::retryable("kafka producer shut down")),
-                Ok(Ok(Err((e, _)))) => Err(classify(&self.topic, e)),
-                Ok(Ok(Ok(_))) => Ok(Delivered::default()),
+            let result = match sent {
+                Err(e) => Err(classify(&self.topic, e)),
+                Ok(fut) => match tokio::time::timeout(timeout, fut).await {
+                    Err(_) => Err(SinkError::retryable(format!(
+                        "kafka topic {}: no acknowledgement within {timeout:?}",
+                        self.topic
+                    ))),
+                    Ok(Err(_)) => Err(SinkError::retryable("kafka producer was replaced")),
+                    Ok(Ok(Err((e, _)))) => Err(classify(&self.topic, e)),
+                    Ok(Ok(Ok(_))) => Ok(Delivered::default()),
+                },
+            };
+            match &result {
+                Ok(_) => self.producer.progressed(),
+                Err(_) => self.producer.check(&producer, timeout * 2),
             }
+            result
         })
     }
 

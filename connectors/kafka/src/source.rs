@@ -8,7 +8,7 @@ use evmesh_core::config::{KafkaSourceConfig, StartPosition};
 use evmesh_core::{Event, ExtValue};
 use evmesh_store::Store;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::Message;
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,8 @@ impl KafkaSource {
                 },
             )
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "cooperative-sticky");
         for (k, v) in &cfg.properties {
             c.set(k, v);
         }
@@ -59,6 +60,7 @@ impl KafkaSource {
         tracing::info!(source = %name, topics = ?self.cfg.topics, into = %self.cfg.into, "kafka source started");
         let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
         let mut positions: HashMap<(String, i32), i64> = HashMap::new();
+        let mut pinned: std::collections::HashSet<(String, i32)> = Default::default();
         'outer: loop {
             // Wait for one record, then take what else is ready, up to BATCH.
             let first = tokio::select! {
@@ -69,6 +71,11 @@ impl KafkaSource {
             while let Some(m) = next.take() {
                 match m {
                     Ok(m) => {
+                        let tp = (m.topic().to_owned(), m.partition());
+                        if !pinned.contains(&tp) {
+                            self.pin_start(&tp.0, tp.1, m.offset());
+                            pinned.insert(tp);
+                        }
                         batch.push(self.to_event(&m));
                         let pos = positions
                             .entry((m.topic().to_owned(), m.partition()))
@@ -100,17 +107,51 @@ impl KafkaSource {
                 break;
             }
             batch.clear();
-            for ((topic, partition), offset) in positions.drain() {
-                if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
-                    // The partition moved to another member; it re-reads from the last commit.
-                    tracing::debug!(source = %name, topic = %topic, partition, error = %e, "offset not stored");
+            // The next offset to read, per partition, for the group's (auto-)commit.
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), next) in positions.drain() {
+                if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(next)) {
+                    tracing::warn!(source = %name, error = %e, "offset not stored");
                 }
+            }
+            if let Err(e) = self.consumer.store_offsets(&tpl) {
+                // A partition moved to another member; it re-reads from the last commit.
+                tracing::warn!(source = %name, error = %e, "offsets not stored");
             }
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(source = %name, error = %e, "final commit");
         }
         tracing::info!(source = %name, "kafka source stopped");
+    }
+
+    /// A partition the group has no committed offset for starts where `start` put it; that
+    /// position is committed before anything is stored, so a crash before the first regular
+    /// commit resumes there instead of resolving `latest` again and skipping records.
+    fn pin_start(&self, topic: &str, partition: i32, offset: i64) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        let committed = tokio::task::block_in_place(|| {
+            self.consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+        });
+        let has_commit = committed.ok().is_some_and(|t| {
+            t.find_partition(topic, partition)
+                .is_some_and(|e| matches!(e.offset(), Offset::Offset(_)))
+        });
+        if has_commit {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        if tpl
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
+            .is_ok()
+        {
+            let r = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync));
+            if let Err(e) = r {
+                tracing::warn!(source = %self.cfg.name, topic, partition, error = %e, "could not commit the starting offset");
+            }
+        }
     }
 
     /// Appends until it is durable; false if stopped first (nothing committed for it).
@@ -140,7 +181,7 @@ impl KafkaSource {
         let headers = borrowed_headers(m);
         let rec = in_record(m, &headers);
         match binding::decode(&rec) {
-            Ok(Decoded::CloudEvent(e)) => e,
+            Ok(Decoded::CloudEvent(e)) => *e,
             Ok(Decoded::Plain) => binding::wrap_plain(&rec, &self.cfg.record_type),
             Err(err) => {
                 // Kept, not dropped: delivered as a plain record that says why.

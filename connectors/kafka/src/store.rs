@@ -237,7 +237,7 @@ fn record_event<M: Message>(m: &M) -> Event {
     let headers = borrowed_headers(m);
     let rec = in_record(m, &headers);
     match binding::decode(&rec) {
-        Ok(Decoded::CloudEvent(e)) => e,
+        Ok(Decoded::CloudEvent(e)) => *e,
         Ok(Decoded::Plain) => binding::wrap_plain(&rec, "dev.evmesh.kafka.record"),
         Err(err) => {
             tracing::warn!(topic = %rec.topic, partition = rec.partition, offset = rec.offset, error = %err, "record in the store is not a valid CloudEvent; wrapping it");
@@ -370,7 +370,9 @@ impl Store for KafkaStore {
                     },
                 )
                 .set("session.timeout.ms", session.to_string())
-                .set("heartbeat.interval.ms", (session / 6).max(100).to_string());
+                .set("heartbeat.interval.ms", (session / 6).max(100).to_string())
+                // Incremental rebalancing: members keep what they own while partitions move.
+                .set("partition.assignment.strategy", "cooperative-sticky");
             for (k, v) in &inner.cfg.properties {
                 c.set(k, v);
             }
@@ -495,6 +497,7 @@ impl Demux {
                             None => {
                                 let cursor = self.committed(p);
                                 let start = cursor.as_ref().map_or(offset, |c| c.committed);
+                                tracing::debug!(group = %self.group, partition = p, offset, start, "first record of a partition");
                                 if offset > start && sought.get(&p) != Some(&start) {
                                     // Records before this one are not finished: go back.
                                     self.seek(p, start);

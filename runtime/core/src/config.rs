@@ -1420,8 +1420,64 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.server.http, "127.0.0.1:0");
         assert_eq!(cfg.server.max_body_bytes, 2048);
-        let StoreConfig::Embedded(s) = cfg.store;
+        let StoreConfig::Embedded(s) = cfg.store else {
+            panic!("the default store is embedded")
+        };
         assert_eq!(s.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn kafka_store_sink_and_source_parse_with_defaults() {
+        let text = r#"
+store: { type: kafka, brokers: "127.0.0.1:9092" }
+sources:
+  - { name: in, type: kafka, brokers: "k1:9092,k2:9092", topics: [orders], group: g, into: orders }
+subscriptions:
+  - name: out
+    topic: orders
+    sink: { type: kafka, brokers: "127.0.0.1:9092", topic: copy, mode: structured }
+"#;
+        let cfg = load(text, Vec::new()).unwrap();
+        let StoreConfig::Kafka(k) = &cfg.store else {
+            panic!("kafka store")
+        };
+        assert_eq!(k.topic_prefix, "evmesh.");
+        assert_eq!(k.partitions, 3);
+        let SinkConfig::Kafka(sink) = &cfg.subscriptions[0].sink else {
+            panic!("kafka sink")
+        };
+        assert_eq!(sink.key, "partitionkey");
+        assert_eq!(sink.acks, KafkaAcks::All);
+        assert!(sink.idempotence);
+        assert_eq!(sink.mode, KafkaMode::Structured);
+        let SourceConfig::Kafka(src) = &cfg.sources[0];
+        assert_eq!(src.start, StartPosition::Latest);
+        assert_eq!(src.record_type, "dev.evmesh.kafka.record");
+    }
+
+    #[test]
+    fn kafka_config_errors_name_the_field() {
+        let text = r#"
+store: { type: kafka, brokers: "nohost", partitions: 0 }
+sources:
+  - { name: in, type: kafka, brokers: "k:9092", topics: [], group: "", into: "__x" }
+subscriptions:
+  - name: out
+    topic: orders
+    sink: { type: kafka, brokers: "k:9092", topic: "bad topic", acks: leader }
+"#;
+        let err = load(text, Vec::new()).unwrap_err().to_string();
+        for want in [
+            "store.brokers",
+            "store.partitions",
+            "sources[0].topics",
+            "sources[0].group",
+            "sources[0].into",
+            "subscriptions[0].sink.topic",
+            "subscriptions[0].sink.idempotence",
+        ] {
+            assert!(err.contains(want), "{want} missing from:\n{err}");
+        }
     }
 
     #[test]
