@@ -31,6 +31,40 @@ pub enum KafkaConnectorError {
     Store(#[from] evmesh_store::StoreError),
 }
 
+/// Creates a topic unless it exists (tansu, for one, does not create topics on first use).
+pub async fn ensure_topic(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), KafkaConnectorError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, properties)
+        .create()
+        .map_err(client_error(brokers))?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&new], &opts)
+        .await
+        .map_err(client_error(brokers))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaConnectorError::Topic {
+                    topic: name,
+                    message: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The client settings every evmesh Kafka client starts from; `properties` (SASL, TLS, ...)
 /// are applied last, so they win.
 fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {

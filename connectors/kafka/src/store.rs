@@ -30,8 +30,6 @@ use evmesh_store::{
     StoreError, StoreProblem, StoredEvent,
 };
 use futures_util::future::BoxFuture;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -56,7 +54,6 @@ pub struct KafkaStore {
 struct Inner {
     cfg: KafkaStoreConfig,
     producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
     known: tokio::sync::Mutex<HashSet<String>>,
     state: StateDir,
     /// Ends of topics for the single-reader API (unused by group consumption).
@@ -75,8 +72,6 @@ impl KafkaStore {
             pc.set(k, v);
         }
         let producer: FutureProducer = pc.create().map_err(client_error(&cfg.brokers))?;
-        let admin: AdminClient<DefaultClientContext> =
-            base.create().map_err(client_error(&cfg.brokers))?;
         let probe = producer.clone();
         let brokers = cfg.brokers.clone();
         tokio::task::spawn_blocking(move || {
@@ -95,7 +90,6 @@ impl KafkaStore {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
                 producer,
-                admin,
                 known: tokio::sync::Mutex::new(HashSet::new()),
                 state: StateDir::open(&cfg.data_dir)?,
                 ends: Mutex::new(HashMap::new()),
@@ -130,26 +124,16 @@ impl Inner {
         } else {
             self.cfg.partitions
         };
-        let new = NewTopic::new(
+        crate::ensure_topic(
+            &self.cfg.brokers,
+            &self.cfg.properties,
             &kt,
             partitions,
-            TopicReplication::Fixed(self.cfg.replication_factor),
-        );
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        let results = self
-            .admin
-            .create_topics([&new], &opts)
-            .await
-            .map_err(|e| backend(&format!("creating Kafka topic {kt}"), e))?;
-        for r in results {
-            match r {
-                Ok(_) => tracing::info!(topic = %kt, partitions, "kafka topic created"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((name, code)) => {
-                    return Err(backend(&format!("creating Kafka topic {name}"), code));
-                }
-            }
-        }
+            self.cfg.replication_factor,
+        )
+        .await
+        .map_err(|e| backend(&format!("creating Kafka topic {kt}"), e))?;
+        tracing::debug!(topic = %kt, partitions, "kafka topic ready");
         known.insert(kt.clone());
         Ok(kt)
     }

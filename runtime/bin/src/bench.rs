@@ -32,7 +32,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, batch, e2e,
-    /// match (the subscription matcher, in-process, 1 / 100 / 10,000 subscriptions).
+    /// e2e-batch, match (the subscription matcher, in-process, 1 / 100 / 10,000
+    /// subscriptions), wasm, e2e-filter-none/builtin/wasm, kafka-sink, kafka-store-ingest,
+    /// kafka-store-e2e (these three need --kafka).
     #[arg(
         long,
         default_value = "bare,binary-always,binary-interval,batch,e2e,match"
@@ -42,6 +44,10 @@ pub struct BenchArgs {
     /// `plugins/examples/target/wasm32-wasip2/release/json_field_filter.wasm`).
     #[arg(long)]
     plugin: Option<std::path::PathBuf>,
+    /// Kafka bootstrap servers for the `kafka-sink`, `kafka-store-ingest` and `kafka-store-e2e`
+    /// scenarios (e.g. a broker from `scripts/kafka-broker.sh start`).
+    #[arg(long)]
+    kafka: Option<String>,
     /// Internal: run the bare baseline server and print its address.
     #[arg(long, hide = true)]
     bare_server: bool,
@@ -173,6 +179,41 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
             "wasm" => {
                 wasm_bench(args.plugin.as_deref());
                 continue;
+            }
+            "kafka-sink" | "kafka-store-ingest" | "kafka-store-e2e" => {
+                let Some(brokers) = args.kafka.clone() else {
+                    println!("{scenario:<16} skipped: pass --kafka HOST:PORT (scripts/kafka-broker.sh start)");
+                    continue;
+                };
+                // One record per producer batch: tansu 0.6 cannot resume a consumer inside a
+                // multi-record batch (see docs/kafka.md).
+                let store = format!(
+                    "store: {{ type: kafka, brokers: \"{brokers}\", topicPrefix: \"bench{}.\", properties: {{ batch.num.messages: \"1\" }} }}\n",
+                    std::process::id()
+                );
+                match scenario {
+                    "kafka-sink" => kafka_sink(&dir, &args, &brokers, payload.clone()).await?,
+                    "kafka-store-ingest" => {
+                        let (mut child, addr) = evmesh(&dir, scenario, &[], &store)?;
+                        let mut r =
+                            drive(scenario, addr, &args, binary_request(payload.clone()), 1).await;
+                        stop_graceful(&mut child);
+                        r.note = "publisher answered after Kafka acknowledged (acks=all)".into();
+                        r
+                    }
+                    _ => {
+                        e2e_with(
+                            &dir,
+                            &args,
+                            payload.clone(),
+                            false,
+                            "    start: earliest\n",
+                            scenario,
+                            &store,
+                        )
+                        .await?
+                    }
+                }
             }
             "match" => {
                 matcher_bench();
@@ -378,6 +419,95 @@ async fn e2e(
     filters: &str,
     name: &str,
 ) -> Result<Report> {
+    e2e_with(dir, args, payload, batched, filters, name, "").await
+}
+
+/// HTTP ingest → evmesh → Kafka sink, measured by a consumer on the sink's topic: throughput
+/// is records that reached Kafka, latency is publish → record consumed.
+async fn kafka_sink(
+    dir: &std::path::Path,
+    args: &BenchArgs,
+    brokers: &str,
+    payload: Bytes,
+) -> Result<Report> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message};
+    let topic = format!("evmesh-bench-sink-{}", std::process::id());
+    evmesh_connector_kafka::ensure_topic(brokers, &Default::default(), &topic, 3, 1).await?;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&topic])?;
+    let received = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let (r2, l2) = (received.clone(), lat.clone());
+    let reader = tokio::spawn(async move {
+        while let Ok(m) = consumer.recv().await {
+            r2.fetch_add(1, Ordering::Relaxed);
+            let sent: Option<u128> = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "ce_benchts")
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse().ok())
+            });
+            if let Some(sent) = sent {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_micros())
+                    .unwrap_or(0);
+                if let Ok(mut l) = l2.lock() {
+                    l.push(now.saturating_sub(sent).min(u128::from(u32::MAX)) as u32);
+                }
+            }
+        }
+    });
+    let cfg = format!(
+        "subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 1024\n    sink: {{ type: kafka, brokers: \"{brokers}\", topic: {topic} }}\n"
+    );
+    let (mut child, addr) = evmesh(dir, "kafka-sink", &[], &cfg)?;
+    let start = Instant::now();
+    let ingest = drive("kafka-sink", addr, args, binary_request(payload), 1).await;
+    let drain_deadline = Instant::now() + Duration::from_secs(180);
+    while received.load(Ordering::Relaxed) < ingest.requests && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    stop_graceful(&mut child);
+    reader.abort();
+    let delivered = received.load(Ordering::Relaxed);
+    Ok(Report {
+        name: "kafka-sink".into(),
+        events: delivered,
+        requests: delivered,
+        errors: ingest.errors + ingest.requests.saturating_sub(delivered),
+        elapsed,
+        latencies_us: lat.lock().map(|l| l.clone()).unwrap_or_default(),
+        note: format!(
+            "{delivered} of {} published reached Kafka; ingest {:.0} events/s (p99 ack {:.1} ms); latency is publish→consumed",
+            ingest.requests,
+            ingest.requests as f64 / ingest.elapsed.as_secs_f64(),
+            {
+                let mut l = ingest.latencies_us.clone();
+                l.sort_unstable();
+                l.get(((l.len() as f64 - 1.0) * 0.99).round() as usize).map_or(0.0, |v| f64::from(*v) / 1000.0)
+            }
+        ),
+    })
+}
+
+async fn e2e_with(
+    dir: &std::path::Path,
+    args: &BenchArgs,
+    payload: Bytes,
+    batched: bool,
+    filters: &str,
+    name: &str,
+    store: &str,
+) -> Result<Report> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let hook = listener.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
@@ -418,7 +548,7 @@ async fn e2e(
         }
     });
     let cfg = format!(
-        "subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n{filters}    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
+        "{store}subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n{filters}    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
     );
     let (mut child, addr) = evmesh(dir, name, &[], &cfg)?;
     let start = Instant::now();
@@ -451,6 +581,7 @@ async fn e2e(
             scenarios: String::new(),
             bare_server: false,
             plugin: None,
+            kafka: None,
         };
         drive(name, addr, &few, req, n as u64).await
     } else {

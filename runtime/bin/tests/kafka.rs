@@ -483,6 +483,19 @@ async fn kafka_store_delivers_and_dead_letters() {
     );
     let ids: HashSet<String> = ok.ids().into_iter().collect();
     assert_eq!(ids.len(), 20);
+    // Steady state: a second wave is delivered exactly once.
+    let before = ok.count();
+    for i in 20..1020 {
+        assert_eq!(publish(&c, &ev, "orders", &format!("e{i}"), &[]).await, 202);
+    }
+    let unique = || ok.ids().into_iter().collect::<HashSet<_>>().len();
+    assert!(wait_until(WAIT, || unique() >= 1020).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        ok.count() - before,
+        1000,
+        "one delivery per event in steady state"
+    );
     let dead = dead_letters(&c, &ev, "broken", 20).await;
     assert_eq!(
         dead.len(),
