@@ -15,10 +15,17 @@ FEATURES=dynostore,postgres
 ROOT="${EVMESH_CACHE:-$HOME/.cache/evmesh-ci}/tansu-$VERSION"
 BIN="$ROOT/bin/tansu"
 
+installed() {
+    [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "tansu $VERSION"
+}
+
 install() {
-    if [ -x "$BIN" ] && "$BIN" --version 2>/dev/null | grep -q "tansu $VERSION"; then
-        return
-    fi
+    installed && return
+    # One build at a time (tests started in parallel may all ask for it).
+    mkdir -p "$(dirname "$ROOT")"
+    exec 9>"$ROOT.lock"
+    flock 9
+    installed && return
     echo "kafka-broker: building tansu $VERSION from crates.io (about 20-25 min on 2 cores, once)" >&2
     cargo install tansu --version "$VERSION" --locked --no-default-features \
         --features "$FEATURES" --root "$ROOT"

@@ -2,8 +2,9 @@
 //! started as a child process on a free loopback port with its in-memory storage engine.
 //!
 //! The binary is found at `$TANSU_BIN`, else where `scripts/kafka-broker.sh install` (and
-//! `.ci/run`) puts it, else on `PATH`. A test that needs a broker fails with that hint when none
-//! is installed; it is never skipped.
+//! `.ci/run`) puts it, else on `PATH`; when none is there, the first test that needs it runs
+//! `scripts/kafka-broker.sh install` (a one-time build of about 20-25 minutes; concurrent
+//! callers wait on a lock). A test that cannot get a broker fails; it is never skipped.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -26,7 +27,23 @@ pub fn tansu_bin() -> PathBuf {
             return p;
         }
     }
-    PathBuf::from("tansu")
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| d.join("tansu").is_file())
+    });
+    if on_path {
+        return PathBuf::from("tansu");
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/kafka-broker.sh");
+    let status = Command::new(&script)
+        .arg("install")
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(status.success(), "{} install failed", script.display());
+    let out = Command::new(&script)
+        .arg("path")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 pub struct Tansu {
