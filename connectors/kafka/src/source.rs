@@ -37,7 +37,7 @@ impl KafkaSource {
                     StartPosition::Latest => "latest",
                 },
             )
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             .set("partition.assignment.strategy", "cooperative-sticky");
         for (k, v) in &cfg.properties {
@@ -117,6 +117,10 @@ impl KafkaSource {
             if let Err(e) = self.consumer.store_offsets(&tpl) {
                 // A partition moved to another member; it re-reads from the last commit.
                 tracing::warn!(source = %name, error = %e, "offsets not stored");
+            }
+            // Commit now rather than at the next auto-commit tick: a crash re-reads less.
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(source = %name, error = %e, "commit");
             }
         }
         if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {

@@ -286,8 +286,16 @@ fn wait_addr(child: &mut Child, marker: &str) -> Result<SocketAddr> {
         let line = line?;
         if let Some(p) = line.find(marker) {
             let addr = line[p + marker.len()..].trim().parse()?;
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
+            // Keep draining so the child never blocks on a full pipe (and show the server's
+            // log with EVMESH_BENCH_LOG=1).
+            let show = std::env::var_os("EVMESH_BENCH_LOG").is_some();
+            std::thread::spawn(move || {
+                for l in lines.map_while(Result::ok) {
+                    if show {
+                        eprintln!("  | {l}");
+                    }
+                }
+            });
             return Ok(addr);
         }
     }

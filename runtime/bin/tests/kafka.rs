@@ -496,18 +496,18 @@ async fn kafka_store_delivers_and_dead_letters() {
         1000,
         "one delivery per event in steady state"
     );
-    let dead = dead_letters(&c, &ev, "broken", 20).await;
+    let dead = dead_letters(&c, &ev, "broken", 1020).await;
     assert_eq!(
         dead.len(),
-        20,
+        1020,
         "every refused event is in the dead-letter list"
     );
     assert_eq!(dead[0]["deadletterstatus"], 400);
     // The events are Kafka records in the store's topic.
-    let recs = tokio::task::spawn_blocking(move || read_all(&b, "evmesh.orders", 3, 20, WAIT))
+    let recs = tokio::task::spawn_blocking(move || read_all(&b, "evmesh.orders", 3, 1020, WAIT))
         .await
         .unwrap();
-    assert_eq!(recs.len(), 20);
+    assert_eq!(recs.len(), 1020);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

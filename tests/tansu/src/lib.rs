@@ -27,9 +27,8 @@ pub fn tansu_bin() -> PathBuf {
             return p;
         }
     }
-    let on_path = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("tansu").is_file())
-    });
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("tansu").is_file()));
     if on_path {
         return PathBuf::from("tansu");
     }
