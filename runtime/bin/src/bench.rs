@@ -188,7 +188,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 // One record per producer batch: tansu 0.6 cannot resume a consumer inside a
                 // multi-record batch (see docs/kafka.md).
                 let store = format!(
-                    "store: {{ type: kafka, brokers: \"{brokers}\", topicPrefix: \"bench{}.\", properties: {{ batch.num.messages: \"1\" }} }}\n",
+                    "store: {{ type: kafka, brokers: \"{brokers}\", topicPrefix: \"bench{0}.\", groupPrefix: \"bench{0}.\", properties: {{ batch.num.messages: \"1\" }} }}\n",
                     std::process::id()
                 );
                 match scenario {
@@ -287,8 +287,8 @@ fn wait_addr(child: &mut Child, marker: &str) -> Result<SocketAddr> {
         if let Some(p) = line.find(marker) {
             let addr = line[p + marker.len()..].trim().parse()?;
             // Keep draining so the child never blocks on a full pipe (and show the server's
-            // log with EVMESH_BENCH_LOG=1).
-            let show = std::env::var_os("EVMESH_BENCH_LOG").is_some();
+            // log with BENCH_SERVER_LOG=1).
+            let show = std::env::var_os("BENCH_SERVER_LOG").is_some();
             std::thread::spawn(move || {
                 for l in lines.map_while(Result::ok) {
                     if show {
