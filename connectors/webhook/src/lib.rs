@@ -32,6 +32,11 @@ pub enum WebhookError {
 
 pub struct WebhookSink {
     uri: Uri,
+    /// The request target in origin form (`/path?query`), as RFC 9112 asks towards an origin
+    /// server; strict receivers (Node.js, Go) refuse the absolute form.
+    target: Uri,
+    /// `host[:port]` for the `Host` header (the port only when it is not 80).
+    host_header: HeaderValue,
     mode: HttpMode,
     headers: HeaderMap,
     pool: pool::Pool,
@@ -71,9 +76,30 @@ impl WebhookSink {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(80);
+        let target: Uri = uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .filter(|pq| !pq.is_empty())
+            .unwrap_or("/")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| WebhookError::Url {
+                url: cfg.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let host_text = match uri.port_u16() {
+            Some(80) => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            _ => authority,
+        };
+        let host_header = HeaderValue::from_str(host_text).map_err(|e| WebhookError::Url {
+            url: cfg.url.clone(),
+            reason: e.to_string(),
+        })?;
         let pool = pool::Pool::new(host, port, MAX_CONNECTIONS);
         Ok(WebhookSink {
             uri,
+            target,
+            host_header,
             mode: cfg.mode,
             headers,
             pool,
@@ -81,9 +107,10 @@ impl WebhookSink {
     }
 
     fn request(&self, e: &Event) -> Result<Request<Full<Bytes>>, SinkError> {
-        let mut b = Request::post(self.uri.clone());
+        let mut b = Request::post(self.target.clone());
         let mut bad = None;
         if let Some(h) = b.headers_mut() {
+            h.insert(http::header::HOST, self.host_header.clone());
             for (k, v) in &self.headers {
                 h.insert(k.clone(), v.clone());
             }
@@ -124,16 +151,21 @@ impl WebhookSink {
         Err(SinkError::not_retryable("building the request failed"))
     }
 
-    async fn attempt(&self, e: &Event) -> Result<Delivered, SinkError> {
+    async fn attempt(&self, e: &Event, timeout: Duration) -> Result<Delivered, SinkError> {
         let (parts, body) = self
             .pool
-            .send(|| self.request(e), MAX_REPLY_BYTES)
+            .send(|| self.request(e), MAX_REPLY_BYTES, timeout)
             .await
             .map_err(|err| match err {
                 pool::SendError::Build(e) => e,
                 pool::SendError::Io(msg) => {
                     SinkError::retryable(format!("POST {}: {msg}", self.uri))
                 }
+                pool::SendError::Timeout => SinkError::retryable(format!(
+                    "POST {}: no response within {} ms",
+                    self.uri,
+                    timeout.as_millis()
+                )),
             })?;
         let status = parts.status;
         if status.is_success() {
@@ -206,16 +238,7 @@ impl Sink for WebhookSink {
         event: &'a Event,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Delivered, SinkError>> {
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, self.attempt(event)).await {
-                Ok(r) => r,
-                Err(_) => Err(SinkError::retryable(format!(
-                    "POST {}: no response within {} ms",
-                    self.uri,
-                    timeout.as_millis()
-                ))),
-            }
-        })
+        Box::pin(self.attempt(event, timeout))
     }
 
     fn describe(&self) -> String {

@@ -58,16 +58,30 @@ impl Pool {
     /// Sends one request (built by `make`) and reads the whole response (up to `max_body`
     /// bytes). A request that fails on a reused connection the server had already closed is
     /// sent once more on a fresh connection; that costs no delivery attempt.
+    ///
+    /// `timeout` starts once a connection slot is free: waiting for the pool is not part of
+    /// the attempt, so an event is never failed for an attempt that never left the process.
     pub async fn send<E>(
         &self,
         make: impl Fn() -> Result<Request<Full<Bytes>>, E>,
         max_body: usize,
+        timeout: Duration,
     ) -> Result<(http::response::Parts, Result<Bytes, String>), SendError<E>> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| SendError::Io("the webhook sink is shut down".to_owned()))?;
+        tokio::time::timeout(timeout, self.exchange(make, max_body))
+            .await
+            .map_err(|_| SendError::Timeout)?
+    }
+
+    async fn exchange<E>(
+        &self,
+        make: impl Fn() -> Result<Request<Full<Bytes>>, E>,
+        max_body: usize,
+    ) -> Result<(http::response::Parts, Result<Bytes, String>), SendError<E>> {
         let mut fresh_only = false;
         loop {
             let (mut conn, reused) = self.checkout(fresh_only).await.map_err(SendError::Io)?;
@@ -129,6 +143,8 @@ impl Pool {
 pub enum SendError<E> {
     Build(E),
     Io(String),
+    /// No complete response within the attempt's timeout.
+    Timeout,
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -66,8 +66,13 @@ impl PluginEngine {
             .max_memory_size(1 << 30);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if let Some(dir) = cache_dir {
+            // wasmtime wants an absolute cache path; a relative one is taken against the
+            // working directory, like every other path evmesh is given.
+            let dir = std::path::absolute(dir).map_err(|e| {
+                PluginError::Engine(format!("compile cache in {}: {e}", dir.display()))
+            })?;
             let mut cc = wasmtime::CacheConfig::new();
-            cc.with_directory(dir);
+            cc.with_directory(&dir);
             let cache = wasmtime::Cache::new(cc).map_err(|e| {
                 PluginError::Engine(format!("compile cache in {}: {e}", dir.display()))
             })?;
@@ -195,11 +200,13 @@ impl Plugin {
             path: cfg.uses.clone(),
             message,
         };
-        let first = compile(engine, kind, &cfg.uses, 1).map_err(err)?;
+        // Relative to the working directory at load, so a later change of it cannot move it.
+        let path = std::path::absolute(&cfg.uses).unwrap_or_else(|_| cfg.uses.clone());
+        let first = compile(engine, kind, &path, 1).map_err(err)?;
         let p = Arc::new(Plugin {
             engine: engine.clone(),
             kind,
-            path: cfg.uses.clone(),
+            path,
             name: Arc::from(cfg.uses.display().to_string()),
             config: cfg
                 .with

@@ -236,7 +236,10 @@ async fn serve(
     if let Some(d) = data_dir {
         cfg.store.set_data_dir(d);
     }
-    let data_dir = cfg.store.data_dir().to_owned();
+    // Relative paths are taken against the working directory at start-up, once.
+    let data_dir = std::path::absolute(cfg.store.data_dir())
+        .with_context(|| format!("resolving {}", cfg.store.data_dir().display()))?;
+    cfg.store.set_data_dir(data_dir.clone());
     let store: Arc<dyn Store> = match &cfg.store {
         StoreConfig::Embedded(sc) => {
             let opts = StoreOptions {
@@ -245,6 +248,7 @@ async fn serve(
                 fsync_interval: sc.fsync_interval.0,
                 segment_bytes: sc.segment_bytes,
                 retention: sc.retention.map(|r| r.0),
+                max_record_bytes: sc.max_record_bytes,
             };
             let store = EmbeddedStore::open(opts)
                 .with_context(|| format!("opening the store in {}", sc.data_dir.display()))?;

@@ -158,6 +158,10 @@ pub struct EmbeddedStoreConfig {
     /// A segment is closed and a new one started past this size.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// The largest event (encoded) the log accepts; larger ones are refused (`413` on ingest;
+    /// a reply or a source record over it is dead-lettered with the reason).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
     /// Fully acknowledged segments are kept at least this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<IsoDuration>,
@@ -168,6 +172,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_fsync_interval() -> IsoDuration {
     IsoDuration(Duration::from_millis(10))
+}
+fn default_max_record_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
@@ -180,6 +187,7 @@ impl Default for EmbeddedStoreConfig {
             fsync: FsyncPolicy::default(),
             fsync_interval: default_fsync_interval(),
             segment_bytes: default_segment_bytes(),
+            max_record_bytes: default_max_record_bytes(),
             retention: None,
         }
     }
@@ -925,6 +933,12 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
                     "must be at least 4096",
                 ));
             }
+            if !(256..=64 * 1024 * 1024).contains(&store.max_record_bytes) {
+                errors.push(ConfigError::new(
+                    "store.maxRecordBytes",
+                    "must be between 256 and 67108864 (64 MiB)",
+                ));
+            }
         }
         StoreConfig::Kafka(k) => {
             check_brokers(&k.brokers, "store.brokers", &mut errors);
@@ -1222,10 +1236,14 @@ fn check_plugin(w: &WasmPluginConfig, base: &str, errors: &mut Vec<ConfigError>)
     }
 }
 
-/// Subscription names: 1-128 of `a-z A-Z 0-9 . _ -`.
+/// Subscription and source names: 1-128 of `a-z A-Z 0-9 . _ -`, not `.` or `..` (names become
+/// folder and topic names).
 pub fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 {
         return Err("must be 1 to 128 characters".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a valid name"));
     }
     if !name
         .bytes()
@@ -1236,6 +1254,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Where a source keeps the records the store refused (with the reason).
+pub fn source_dlq_topic(source: &str) -> String {
+    format!("__sourcedlq.{source}")
 }
 
 /// Topic names follow Kafka's rules: 1-249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`; names
@@ -1292,17 +1315,25 @@ pub fn validate_http_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether an environment variable is a config override: `EVMESH_` followed by a path of at
+/// least two levels joined by `__` (`EVMESH_SERVER__HTTP`). Others are not config paths and are
+/// left alone: Kubernetes sets `EVMESH_PORT`, `EVMESH_SERVICE_HOST`, `EVMESH_PORT_10105_TCP`…
+/// for a Service named `evmesh`, and its generated names never hold `__` (port names may not
+/// repeat a hyphen).
+pub fn is_override(name: &str) -> bool {
+    name.strip_prefix("EVMESH_")
+        .is_some_and(|rest| rest.contains("__"))
+}
+
 /// Applies `EVMESH_SECTION__KEY=value` overrides. Each `__`-separated segment names a key
 /// (matched case-insensitively, ignoring `_` and `-`, so `MAX_BODY_BYTES` is `maxBodyBytes`)
-/// or a list index; the value is read as a YAML scalar.
+/// or a list index; the value is read as a YAML scalar. Variables that are not overrides (see
+/// [`is_override`]) are ignored.
 pub fn apply_env(
     root: &mut Value,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("EVMESH_") && k.len() > 7)
-        .collect();
+    let mut vars: Vec<(String, String)> = env.into_iter().filter(|(k, _)| is_override(k)).collect();
     vars.sort();
     for (key, value) in vars {
         let segments: Vec<&str> = key["EVMESH_".len()..].split("__").collect();
@@ -1424,6 +1455,25 @@ mod tests {
             panic!("the default store is embedded")
         };
         assert_eq!(s.fsync, FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn kubernetes_service_variables_are_not_config_paths() {
+        let cfg = load(
+            "",
+            env(&[
+                ("EVMESH_PORT", "tcp://10.0.0.7:10105"),
+                ("EVMESH_PORT_10105_TCP_ADDR", "10.0.0.7"),
+                ("EVMESH_SERVICE_HOST", "10.0.0.7"),
+                ("EVMESH_SERVICE_PORT_HTTP", "10105"),
+                ("EVMESH_SERVER__HTTP", "127.0.0.1:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.server.http, "127.0.0.1:1");
+        // A real override with a typo still fails loudly.
+        let err = load("", env(&[("EVMESH_SERVER__HTP", "x")])).unwrap_err();
+        assert!(err.to_string().contains("htp"), "{err}");
     }
 
     #[test]
@@ -1556,6 +1606,16 @@ subscriptions:
         assert!(paths.contains(&"subscriptions[0].topic"), "{paths:?}");
         assert!(paths.contains(&"subscriptions[0].sink.url"), "{paths:?}");
         assert!(paths.contains(&"subscriptions[1].name"), "{paths:?}");
+    }
+
+    #[test]
+    fn names_that_are_not_one_safe_path_component_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "a.b", "...", "A-b_9"] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]

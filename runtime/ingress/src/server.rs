@@ -1,11 +1,12 @@
-//! A small HTTP/1.1 server loop shared by the ingest and admin listeners: keep-alive, graceful
-//! shutdown (stop accepting, let in-flight requests finish).
+//! A small HTTP server loop shared by the ingest and admin listeners: HTTP/1.1 with keep-alive
+//! and HTTP/2 with prior knowledge (h2c) on the same port, graceful shutdown (stop accepting,
+//! let in-flight requests finish).
 
 use crate::{IngressError, Resp};
 use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -62,9 +63,10 @@ pub async fn serve<H: Handler>(
                 let h = h.clone();
                 async move { Ok::<_, Infallible>(h.call(req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+            // The first bytes decide: the HTTP/2 preface means h2c, anything else HTTP/1.1.
+            let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
                 if let Err(e) = conn.await {

@@ -48,14 +48,28 @@ impl Evmesh {
             .arg("--data-dir")
             .arg(data_dir)
             .env("EVMESH_SERVER__HTTP", "127.0.0.1:0")
-            .env("EVMESH_SERVER__ADMIN", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("EVMESH_SERVER__ADMIN", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Runs `evmesh <args>` in `cwd` with only `env` added (no flags or ports of the kit's).
+    pub fn start_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Evmesh {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
+        cmd.args(args).current_dir(cwd);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, &cwd.join("evmesh-data"))
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path) -> Evmesh {
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning evmesh");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -190,6 +204,8 @@ pub struct Receiver {
     pub seen: Arc<Mutex<usize>>,
     /// TCP connections accepted.
     pub connections: Arc<Mutex<usize>>,
+    /// Requests being handled now, and the most there ever were at once.
+    pub concurrency: Arc<Mutex<(usize, usize)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -204,18 +220,25 @@ impl Receiver {
         let got = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(0usize));
         let connections = Arc::new(Mutex::new(0usize));
+        let concurrency = Arc::new(Mutex::new((0usize, 0usize)));
         let (g, s, cn) = (got.clone(), seen.clone(), connections.clone());
+        let cc = concurrency.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 *cn.lock().unwrap() += 1;
-                let (g, s, b) = (g.clone(), s.clone(), b.clone());
+                let (g, s, b, cc) = (g.clone(), s.clone(), b.clone(), cc.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (g, s, b) = (g.clone(), s.clone(), b.clone());
+                        let (g, s, b, cc) = (g.clone(), s.clone(), b.clone(), cc.clone());
                         async move {
+                            {
+                                let mut c = cc.lock().unwrap();
+                                c.0 += 1;
+                                c.1 = c.1.max(c.0);
+                            }
                             let (parts, body) = req.into_parts();
                             let body = body
                                 .collect()
@@ -250,6 +273,7 @@ impl Receiver {
                                     );
                                 }
                             }
+                            cc.lock().unwrap().0 -= 1;
                             Ok::<_, Infallible>(resp)
                         }
                     });
@@ -264,6 +288,7 @@ impl Receiver {
             got,
             seen,
             connections,
+            concurrency,
             task,
         }
     }
@@ -291,8 +316,97 @@ impl Receiver {
             .collect()
     }
 
+    /// The most requests this receiver ever handled at once.
+    pub fn max_concurrency(&self) -> usize {
+        self.concurrency.lock().unwrap().1
+    }
+
     pub fn stop(self) {
         self.task.abort();
+    }
+}
+
+/// A webhook receiver written in another stack: Node.js's `http` server, which is strict about
+/// HTTP/1.1 (it answers 400 to a request without `Host`). It records what it saw of each
+/// request: the request line as parsed, and the headers.
+pub struct NodeReceiver {
+    child: Child,
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+const NODE_RECEIVER: &str = r#"
+const http = require('http');
+const status = parseInt(process.argv[1] || '200', 10);
+const srv = http.createServer((req, res) => {
+  const chunks = [];
+  req.on('data', (c) => chunks.push(c));
+  req.on('end', () => {
+    process.stdout.write(JSON.stringify({
+      method: req.method, url: req.url, version: req.httpVersion,
+      headers: req.headers, body: Buffer.concat(chunks).toString('utf8'),
+    }) + '\n');
+    res.writeHead(status, {'content-type': 'text/plain'});
+    res.end('ok');
+  });
+});
+srv.on('clientError', (err, socket) => {
+  process.stdout.write(JSON.stringify({clientError: String(err.code || err)}) + '\n');
+  socket.end('HTTP/1.1 400 Bad Request\r\n\r\n');
+});
+srv.listen(0, '127.0.0.1', () => {
+  process.stdout.write(JSON.stringify({port: srv.address().port}) + '\n');
+});
+"#;
+
+impl NodeReceiver {
+    /// Starts `node` answering every request with `status`.
+    pub fn start(status: u16) -> NodeReceiver {
+        let mut child = Command::new("node")
+            .arg("-e")
+            .arg(NODE_RECEIVER)
+            .arg(status.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting node (Node.js is installed by scripts/test.sh)");
+        let stdout = child.stdout.take().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if let Some(p) = v.get("port").and_then(|p| p.as_u64()) {
+                    let _ = tx.send(p as u16);
+                } else {
+                    s2.lock().unwrap().push(v);
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("node receiver did not start");
+        NodeReceiver { child, port, seen }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for NodeReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
