@@ -65,6 +65,37 @@ pub async fn ensure_topic(
     Ok(())
 }
 
+/// Deletes a topic (a missing one is fine).
+pub async fn delete_topic(
+    brokers: &str,
+    properties: &BTreeMap<String, String>,
+    topic: &str,
+) -> Result<(), KafkaConnectorError> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::error::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, properties)
+        .create()
+        .map_err(client_error(brokers))?;
+    let opts = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let results = admin
+        .delete_topics(&[topic], &opts)
+        .await
+        .map_err(client_error(brokers))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => {
+                return Err(KafkaConnectorError::Topic {
+                    topic: name,
+                    message: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The client settings every evmesh Kafka client starts from; `properties` (SASL, TLS, ...)
 /// are applied last, so they win.
 fn client_config(brokers: &str, properties: &BTreeMap<String, String>) -> ClientConfig {

@@ -120,11 +120,16 @@ impl KafkaSource {
             }
             // Commit now rather than at the next auto-commit tick: a crash re-reads less.
             if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(source = %name, error = %e, "commit");
+                tracing::warn!(source = %name, error = %e, "offset commit failed (records after the last commit are read again)");
             }
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(source = %name, error = %e, "final commit");
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Err(e)
+                if e.rdkafka_error_code() != Some(rdkafka::error::RDKafkaErrorCode::NoOffset) =>
+            {
+                tracing::warn!(source = %name, error = %e, "the final offset commit failed")
+            }
+            _ => {}
         }
         tracing::info!(source = %name, "kafka source stopped");
     }
@@ -158,7 +163,9 @@ impl KafkaSource {
         }
     }
 
-    /// Appends until it is durable; false if stopped first (nothing committed for it).
+    /// Appends until it is durable; false if stopped first (nothing committed for it). An
+    /// event the store will never take (over its size limit) goes to the source's dead-letter
+    /// list with the reason instead of stalling the partition.
     async fn append(
         &self,
         store: &Arc<dyn Store>,
@@ -169,6 +176,15 @@ impl KafkaSource {
         loop {
             match store.append(&self.cfg.into, batch).await {
                 Ok(_) => return true,
+                Err(e) if e.is_permanent() => {
+                    // Find the culprits one by one; the rest is stored in order.
+                    for event in batch {
+                        if !self.append_one(store, event, stop).await {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
                 Err(e) => {
                     tracing::error!(source = %self.cfg.name, into = %self.cfg.into, error = %e, "storing consumed records failed; retrying (offsets not committed)");
                     tokio::select! {
@@ -178,6 +194,45 @@ impl KafkaSource {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    async fn append_one(
+        &self,
+        store: &Arc<dyn Store>,
+        event: &Event,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let err = match store
+                .append(&self.cfg.into, std::slice::from_ref(event))
+                .await
+            {
+                Ok(_) => return true,
+                Err(e) if e.is_permanent() => {
+                    let dead = dead_letter(event, &self.cfg.name, &e.to_string());
+                    let topic = evmesh_core::config::source_dlq_topic(&self.cfg.name);
+                    match store.append(&topic, std::slice::from_ref(&dead)).await {
+                        Ok(_) => {
+                            tracing::warn!(source = %self.cfg.name, id = %event.id, error = %e, "a record cannot be stored; kept in the source's dead-letter list");
+                            return true;
+                        }
+                        Err(e2) if e2.is_permanent() => {
+                            tracing::error!(source = %self.cfg.name, id = %event.id, error = %e2, "a record cannot be stored, not even in the dead-letter list; skipped");
+                            return true;
+                        }
+                        Err(e2) => e2,
+                    }
+                }
+                Err(e) => e,
+            };
+            tracing::error!(source = %self.cfg.name, into = %self.cfg.into, error = %err, "storing a consumed record failed; retrying (offsets not committed)");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return false,
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -196,4 +251,19 @@ impl KafkaSource {
             }
         }
     }
+}
+
+/// What the dead-letter list keeps of a record the store refused: its attributes (plain
+/// records carry their Kafka coordinates as extensions) and the reason; not its data, which is
+/// what did not fit.
+fn dead_letter(event: &Event, source: &str, reason: &str) -> Event {
+    let mut e = event.clone();
+    let size = e.data.as_ref().map_or(0, |d| d.bytes.len());
+    e.data = None;
+    e.set_extension(
+        "deadletterreason",
+        ExtValue::String(format!("{reason} (data of {size} bytes dropped)")),
+    );
+    e.set_extension("deadlettersource", ExtValue::String(source.to_owned()));
+    e
 }

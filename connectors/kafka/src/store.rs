@@ -103,6 +103,17 @@ impl KafkaStore {
     }
 }
 
+/// A record the broker will never take (over `message.max.bytes`) is a permanent error, so
+/// callers dead-letter it instead of retrying forever.
+fn produce_error(kt: &str, e: KafkaError) -> StoreError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            StoreError::TooLarge(0)
+        }
+        _ => backend(&format!("producing to {kt}"), e),
+    }
+}
+
 fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("{what}: {e}"))
 }
@@ -160,7 +171,7 @@ impl Inner {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((e, _)) => return Err(backend(&format!("producing to {kt}"), e)),
+                    Err((e, _)) => return Err(produce_error(&kt, e)),
                 }
             }
         }
@@ -170,7 +181,7 @@ impl Inner {
                 Ok(Ok(d)) => {
                     first.get_or_insert(u64::try_from(d.offset).unwrap_or(0));
                 }
-                Ok(Err((e, _))) => return Err(backend(&format!("producing to {kt}"), e)),
+                Ok(Err((e, _))) => return Err(produce_error(&kt, e)),
                 Err(_) => return Err(StoreError::Closed),
             }
         }
@@ -206,7 +217,7 @@ impl Inner {
                     }
                     events.push(StoredEvent {
                         offset,
-                        event: record_event(&m),
+                        event: Arc::new(record_event(&m)),
                     });
                     next = offset + 1;
                 }
@@ -317,6 +328,17 @@ impl Store for KafkaStore {
         Vec::new()
     }
 
+    fn delete_topic(&self, topic: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let inner = self.inner.clone();
+        let kt = self.inner.kafka_topic(topic);
+        Box::pin(async move {
+            inner.known.lock().await.remove(&kt);
+            crate::delete_topic(&inner.cfg.brokers, &inner.cfg.properties, &kt)
+                .await
+                .map_err(|e| backend(&format!("deleting Kafka topic {kt}"), e))
+        })
+    }
+
     fn close(&self) -> BoxFuture<'static, ()> {
         let producer = self.inner.producer.clone();
         Box::pin(async move {
@@ -419,7 +441,7 @@ impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            tracing::debug!(partitions = ?parts, "partitions assigned");
+            tracing::info!(partitions = ?parts, "partitions assigned");
         }
     }
 
@@ -430,7 +452,7 @@ impl ConsumerContext for GroupContext {
     ) {
         if let Err(e) = result {
             if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                tracing::debug!(error = %e, "offset commit failed (the events will be redelivered)");
+                tracing::warn!(error = %e, "offset commit failed (the events will be redelivered)");
             }
         }
     }
@@ -513,7 +535,7 @@ impl Demux {
                             continue;
                         }
                         sought.remove(&p);
-                        let event = record_event(&m);
+                        let event = Arc::new(record_event(&m));
                         if part.push(StoredEvent { offset, event }) {
                             let mut tpl = TopicPartitionList::new();
                             tpl.add_partition(&self.topic, p);
@@ -567,7 +589,7 @@ impl Demux {
     }
 
     fn seek(&self, p: i32, to: u64) {
-        tracing::debug!(group = %self.group, partition = p, to, "seeking back to the first unread offset");
+        tracing::info!(group = %self.group, partition = p, to, "seeking back to the first unread offset");
         let r = tokio::task::block_in_place(|| {
             self.consumer.seek(
                 &self.topic,
@@ -639,7 +661,7 @@ impl KafkaPartition {
     /// Pins the starting position (with `start: latest`, where "latest" was) in the group.
     fn commit_initial(&self) {
         if let Err(e) = self.commit(&self.initial) {
-            tracing::debug!(error = %e, "initial commit");
+            tracing::warn!(error = %e, "the initial offset commit failed");
         }
     }
 

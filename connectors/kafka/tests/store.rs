@@ -44,7 +44,7 @@ async fn drain(
             let from = pos[&a.partition];
             let b = a.log.read(from, 100).await.unwrap();
             for se in b.events {
-                got.push((a.partition, se.offset, se.event));
+                got.push((a.partition, se.offset, (*se.event).clone()));
             }
             pos.insert(a.partition, b.next);
         }

@@ -3,10 +3,10 @@
 use bytes::Bytes;
 use evmesh_core::config::{self, SubscriptionConfig};
 use evmesh_core::format;
-use evmesh_delivery::{deadletter, dlq_topic, redrive_topic, Supervisor};
+use evmesh_delivery::Supervisor;
 use evmesh_ingress::{error, json, read_body, Handler, Resp};
 use evmesh_router::Origin;
-use evmesh_store::{CursorState, Store};
+use evmesh_store::Store;
 use futures_util::future::BoxFuture;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -34,6 +34,14 @@ impl Admin {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let method = req.method().clone();
+        if let ["subscriptions" | "sources", name, ..] = segs.as_slice() {
+            if let Err(e) = config::validate_name(name) {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("subscription name {name:?}: {e}"),
+                );
+            }
+        }
         match (method.clone(), segs.as_slice()) {
             (Method::GET, ["healthz"]) => json(
                 StatusCode::OK,
@@ -57,14 +65,16 @@ impl Admin {
             (Method::DELETE, ["subscriptions", name]) => self.delete(name).await,
             (Method::GET, ["subscriptions", name, "deadletters"]) => self.deadletters(name).await,
             (Method::POST, ["subscriptions", name, "redrive"]) => self.redrive(name).await,
-            (Method::POST, ["subscriptions", name, "explain"]) => {
+            (Method::GET, ["sources", name, "deadletters"]) => self.source_deadletters(name).await,
+            (Method::POST | Method::GET, ["subscriptions", name, "explain"]) => {
                 let name = name.to_string();
                 self.explain(&name, req).await
             }
             (_, ["healthz"])
             | (_, ["subscriptions"])
             | (_, ["subscriptions", _])
-            | (_, ["subscriptions", _, _]) => error(
+            | (_, ["subscriptions", _, _])
+            | (_, ["sources", _, _]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
             ),
@@ -169,9 +179,8 @@ impl Admin {
             }
             Some(_) => {}
         }
-        self.supervisor.stop(name).await;
-        if let Err(e) = self.store.delete_subscription_state(name) {
-            tracing::warn!(subscription = %name, error = %e, "could not remove the subscription's cursors");
+        if let Err(e) = self.supervisor.remove(name).await {
+            tracing::warn!(subscription = %name, error = %e, "could not remove all of the subscription's state");
         }
         if let Err(e) = self.persist().await {
             return error(
@@ -196,45 +205,35 @@ impl Admin {
         self.store.save_api_subscriptions(&api)
     }
 
-    /// Reads the dead-letter list from its cursor to its end.
-    async fn dead_list(&self, name: &str) -> Result<(u64, Vec<evmesh_core::Event>, u64), Resp> {
-        let topic = dlq_topic(name);
-        let start = match self.store.load_cursor(name, &topic) {
-            Ok(c) => c.map(|c| c.committed).unwrap_or(0),
-            Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        };
-        let mut from = start;
-        let mut out = Vec::new();
-        loop {
-            match self.store.read(&topic, from, 1000).await {
-                Ok(b) if b.events.is_empty() => break,
-                Ok(b) => {
-                    from = b.next;
-                    out.extend(b.events.into_iter().map(|e| e.event));
-                }
-                Err(e) => return Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-            }
-        }
-        Ok((start, out, from))
-    }
-
     async fn deadletters(&self, name: &str) -> Resp {
         if self.supervisor.route(name).await.is_none() {
             return not_found(name);
         }
-        match self.dead_list(name).await {
-            Ok((_, events, _)) => {
-                let mut body = Vec::new();
-                format::encode_batch(&events, &mut body);
-                let mut r = Resp::new(http_body_util::Full::new(Bytes::from(body)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("application/cloudevents-batch+json"),
-                );
-                r
-            }
-            Err(r) => r,
+        match self.supervisor.dead_letters(name).await {
+            Ok((events, _)) => batch_response(&events),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
+    }
+
+    /// Records a source could not store (too large), with the reason, oldest first.
+    async fn source_deadletters(&self, name: &str) -> Resp {
+        let topic = config::source_dlq_topic(name);
+        let mut from = 0;
+        let mut events = Vec::new();
+        loop {
+            match self.store.read(&topic, from, 1000).await {
+                Ok(b) => {
+                    let progressed = b.next > from;
+                    from = b.next.max(from);
+                    if b.events.is_empty() && !progressed {
+                        break;
+                    }
+                    events.extend(b.events.into_iter().map(|e| Arc::unwrap_or_clone(e.event)));
+                }
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        batch_response(&events)
     }
 
     async fn redrive(&self, name: &str) -> Resp {
@@ -242,37 +241,13 @@ impl Admin {
             return not_found(name);
         }
         let _g = self.changes.lock().await;
-        let (_, mut events, end) = match self.dead_list(name).await {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
-        for e in &mut events {
-            for ext in deadletter::ALL {
-                e.remove_extension(ext);
-            }
+        match self.supervisor.redrive(name).await {
+            Ok(n) => json(StatusCode::OK, &serde_json::json!({"redriven": n})),
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("redrive failed: {e}"),
+            ),
         }
-        if !events.is_empty() {
-            if let Err(e) = self.store.append(&redrive_topic(name), &events).await {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("redrive failed, nothing moved: {e}"),
-                );
-            }
-        }
-        let state = CursorState {
-            committed: end,
-            ..Default::default()
-        };
-        if let Err(e) = self.store.save_cursor(name, &dlq_topic(name), &state) {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("events re-driven but the list was not cleared: {e}"),
-            );
-        }
-        json(
-            StatusCode::OK,
-            &serde_json::json!({"redriven": events.len()}),
-        )
     }
 }
 
@@ -309,6 +284,17 @@ impl Admin {
             &serde_json::json!({"matches": ex.matches, "reason": ex.reason, "transformed": transformed}),
         )
     }
+}
+
+fn batch_response(events: &[evmesh_core::Event]) -> Resp {
+    let mut body = Vec::new();
+    format::encode_batch(events, &mut body);
+    let mut r = Resp::new(http_body_util::Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/cloudevents-batch+json"),
+    );
+    r
 }
 
 fn not_found(name: &str) -> Resp {

@@ -658,3 +658,45 @@ async fn source_resumes_after_kill9_without_skipping_a_record() {
         ev.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_record_too_large_to_store_is_dead_lettered_and_the_rest_flows() {
+    let broker = Tansu::start();
+    broker.create_topic("big", 1);
+    let b = broker.brokers();
+    let rx = Receiver::start(Behaviour::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "store: {{ maxRecordBytes: 4096 }}\nsources:\n  - name: big\n    type: kafka\n    brokers: \"{b}\"\n    topics: [big]\n    group: evmesh-big\n    into: big\n    start: earliest\nsubscriptions:\n{}",
+        webhook_sub("hook", "big", &rx.url(), "    start: earliest\n")
+    );
+    let ev = Evmesh::start(&dir.path().join("d"), &cfg);
+    let p = producer(&b);
+    produce(&p, "big", Some("k"), &[], "small-0");
+    produce(&p, "big", Some("k"), &[], &"L".repeat(10_000));
+    for i in 1..5 {
+        produce(&p, "big", Some("k"), &[], &format!("small-{i}"));
+    }
+    p.flush(Duration::from_secs(10)).unwrap();
+    assert!(
+        wait_until(WAIT, || rx.count() == 5).await,
+        "the oversize record stalled the source; log:\n{}",
+        ev.log()
+    );
+    let c = client();
+    let (st, body) = send(
+        &c,
+        "GET",
+        &ev.admin_url("/sources/big/deadletters"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let dead: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(dead.len(), 1, "{body}");
+    let reason = dead[0]["deadletterreason"].as_str().unwrap();
+    assert!(reason.contains("larger than the store accepts"), "{reason}");
+    assert_eq!(dead[0]["deadlettersource"], "big");
+    assert_eq!(dead[0]["kafkaoffset"], 1, "{}", dead[0]);
+}

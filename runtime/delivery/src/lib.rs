@@ -40,12 +40,12 @@ pub enum DeliveryError {
 pub type SinkFactory = Arc<dyn Fn(&SinkConfig) -> Result<Arc<dyn Sink>, String> + Send + Sync>;
 
 /// The dead-letter list of a subscription lives in this internal topic.
-pub fn dlq_topic(subscription: &str) -> String {
+fn dlq_topic(subscription: &str) -> String {
     format!("__dlq.{subscription}")
 }
 
 /// Events re-driven from the dead-letter list are delivered again from this internal topic.
-pub fn redrive_topic(subscription: &str) -> String {
+fn redrive_topic(subscription: &str) -> String {
     format!("__redrive.{subscription}")
 }
 
@@ -192,6 +192,58 @@ impl Supervisor {
         }
         tracing::info!(subscription = %name, "subscription stopped");
         Some(running.route)
+    }
+
+    /// Stops a subscription and removes everything it kept: cursors, retry state, its
+    /// dead-letter list and re-drive topic, so a new subscription of the same name starts clean.
+    pub async fn remove(&self, name: &str) -> Result<Option<Arc<Route>>, DeliveryError> {
+        let route = self.stop(name).await;
+        self.store.delete_subscription_state(name)?;
+        for topic in [dlq_topic(name), redrive_topic(name)] {
+            self.store.delete_topic(&topic).await?;
+        }
+        Ok(route)
+    }
+
+    /// The subscription's dead-letter list: the events from its cursor to the end, and where
+    /// that end is.
+    pub async fn dead_letters(&self, name: &str) -> Result<(Vec<Event>, u64), DeliveryError> {
+        let topic = dlq_topic(name);
+        let mut from = self
+            .store
+            .load_cursor(name, &topic)?
+            .map_or(0, |c| c.committed);
+        let mut out = Vec::new();
+        loop {
+            let b = self.store.read(&topic, from, 1000).await?;
+            let progressed = b.next > from;
+            from = b.next.max(from);
+            if b.events.is_empty() && !progressed {
+                break;
+            }
+            out.extend(b.events.into_iter().map(|e| Arc::unwrap_or_clone(e.event)));
+        }
+        Ok((out, from))
+    }
+
+    /// Moves the dead-letter list to the re-drive topic (without the dead-letter extensions),
+    /// where the subscription delivers it again; then empties the list. Says how many moved.
+    pub async fn redrive(&self, name: &str) -> Result<usize, DeliveryError> {
+        let (mut events, end) = self.dead_letters(name).await?;
+        for e in &mut events {
+            for ext in deadletter::ALL {
+                e.remove_extension(ext);
+            }
+        }
+        if !events.is_empty() {
+            self.store.append(&redrive_topic(name), &events).await?;
+        }
+        let state = CursorState {
+            committed: end,
+            ..Default::default()
+        };
+        self.store.save_cursor(name, &dlq_topic(name), &state)?;
+        Ok(events.len())
     }
 
     pub async fn routes(&self) -> Vec<Arc<Route>> {
@@ -351,6 +403,12 @@ async fn run_group(
     drop(group);
 }
 
+/// An event handed to the stream's dispatcher, with what the plugin steps made of it.
+struct Job {
+    se: StoredEvent,
+    prep: Option<Prepared>,
+}
+
 struct Stream {
     ctx: Arc<Ctx>,
     log: Arc<dyn PartitionLog>,
@@ -358,12 +416,18 @@ struct Stream {
     topic: String,
     filtered: bool,
     read_pos: u64,
-    /// Offsets handed out and not yet finished (running or queued behind their key).
+    /// Offsets handed out and not yet finished (running, ready or queued behind their key).
     pending: BTreeMap<u64, Option<String>>,
     attempts: Arc<Mutex<BTreeMap<u64, u32>>>,
-    running: usize,
+    /// Attempts running now, by offset. Never more than `maxInFlight`.
+    running: HashMap<u64, StoredEvent>,
+    /// Events free to start as soon as a slot is free.
+    ready: VecDeque<Job>,
     key_busy: HashSet<String>,
-    key_queue: HashMap<String, VecDeque<(StoredEvent, Option<Prepared>)>>,
+    key_queue: HashMap<String, VecDeque<Job>>,
+    /// Attempts that ended without a verdict (the delivery task panicked or was lost), waiting
+    /// for their backoff before they are dispatched again.
+    delayed: Vec<(tokio::time::Instant, StoredEvent)>,
     done_tx: mpsc::UnboundedSender<(u64, AckStatus)>,
     done_rx: mpsc::UnboundedReceiver<(u64, AckStatus)>,
     board: CursorBoard,
@@ -415,9 +479,11 @@ impl Stream {
             read_pos: state.committed,
             pending: BTreeMap::new(),
             attempts: Arc::new(Mutex::new(state.attempts.clone())),
-            running: 0,
+            running: HashMap::new(),
+            ready: VecDeque::new(),
             key_busy: HashSet::new(),
             key_queue: HashMap::new(),
+            delayed: Vec::new(),
             done_tx,
             done_rx,
             board,
@@ -433,6 +499,14 @@ impl Stream {
 
     fn committed(&self) -> u64 {
         self.pending.keys().next().copied().unwrap_or(self.read_pos)
+    }
+
+    /// Whether the stream may take more events in: nothing waits for a slot, a slot is free,
+    /// and the read-ahead (events queued behind their key) is bounded.
+    fn has_room(&self) -> bool {
+        self.ready.is_empty()
+            && self.running.len() < self.max_in_flight()
+            && self.pending.len() < self.max_in_flight() * 16
     }
 
     fn persist(&mut self) {
@@ -463,6 +537,42 @@ impl Stream {
         }
     }
 
+    /// When the next delayed re-dispatch is due.
+    fn next_delayed(&self) -> Option<tokio::time::Instant> {
+        self.delayed.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Dispatches the delayed events whose backoff is over.
+    fn release_delayed(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.delayed = later;
+        for (_, se) in due {
+            // Its key (if any) is still held, so it goes first among its key's events.
+            let prep = self.prepare_one(&se);
+            match prep {
+                Some(Prepared::Skip) => {
+                    self.finish_offset(se.offset);
+                }
+                prep => self.ready.push_front(Job { se, prep }),
+            }
+        }
+        self.pump();
+    }
+
+    /// The plugin steps for one event being dispatched again on its own.
+    fn prepare_one(&self, se: &StoredEvent) -> Option<Prepared> {
+        if !self.filtered || !self.ctx.route.has_plugins() {
+            return None;
+        }
+        let route = self.ctx.route.clone();
+        tokio::task::block_in_place(|| route.prepare_batch(&[&se.event]))
+            .into_iter()
+            .next()
+    }
+
     async fn run(mut self) {
         let mut end_rx = self.log.watch_end();
         let mut stop = self.ctx.stop.clone();
@@ -475,16 +585,22 @@ impl Stream {
             if self.ctx.stopping() {
                 break;
             }
+            if !self.delayed.is_empty() {
+                self.release_delayed();
+            }
             if last_persist.elapsed() >= persist_every {
                 self.persist();
                 last_persist = Instant::now();
             }
             let end = *end_rx.borrow_and_update();
-            let room = self.max_in_flight().saturating_sub(self.running);
-            let queued_ok = self.pending.len() < self.max_in_flight() * 16;
+            let room = self.has_room();
+            let wake = self
+                .next_delayed()
+                .unwrap_or_else(|| tokio::time::Instant::now() + persist_every)
+                .min(tokio::time::Instant::now() + persist_every);
             if let Some(m) = self.membership.as_mut() {
                 if m.in_sync.load(std::sync::atomic::Ordering::SeqCst) {
-                    if room > 0 && queued_ok {
+                    if room {
                         tokio::select! {
                             b = m.rx.recv() => match b {
                                 Some(b) => self.take_batch(b),
@@ -492,13 +608,13 @@ impl Stream {
                             },
                             Some((offset, status)) = self.done_rx.recv() => self.finish(offset, status),
                             _ = stop.changed() => {}
-                            _ = tokio::time::sleep(persist_every) => {}
+                            _ = tokio::time::sleep_until(wake) => {}
                         }
                     } else {
                         tokio::select! {
                             Some((offset, status)) = self.done_rx.recv() => self.finish(offset, status),
                             _ = stop.changed() => {}
-                            _ = tokio::time::sleep(persist_every) => {}
+                            _ = tokio::time::sleep_until(wake) => {}
                         }
                     }
                     continue;
@@ -508,8 +624,7 @@ impl Stream {
                 while let Ok(b) = m.rx.try_recv() {
                     queued.push(b);
                 }
-                let joined =
-                    queued.is_empty() && room > 0 && queued_ok && m.try_join(self.read_pos);
+                let joined = queued.is_empty() && room && m.try_join(self.read_pos);
                 for b in queued {
                     self.take_batch(b);
                 }
@@ -517,8 +632,9 @@ impl Stream {
                     continue;
                 }
             }
-            if room > 0 && queued_ok && self.read_pos < end {
-                match self.log.read(self.read_pos, room.min(512)).await {
+            if room && self.read_pos < end {
+                let want = self.max_in_flight().saturating_sub(self.running.len());
+                match self.log.read(self.read_pos, want.clamp(1, 512)).await {
                     Ok(batch) => {
                         let matched: Vec<StoredEvent> = batch
                             .events
@@ -542,12 +658,12 @@ impl Stream {
                 Some((offset, status)) = self.done_rx.recv() => self.finish(offset, status),
                 r = end_rx.changed() => { if r.is_err() { break } }
                 _ = stop.changed() => {}
-                _ = tokio::time::sleep(persist_every) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
         // Shutdown: running deliveries finish their attempt (bounded), then the cursor is saved.
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        while self.running > 0 {
+        while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, self.done_rx.recv()).await {
                 Ok(Some((offset, status))) => self.finish(offset, status),
                 _ => break,
@@ -579,42 +695,57 @@ impl Stream {
         }
         if !self.filtered || !self.ctx.route.has_plugins() {
             for se in events {
-                self.dispatch_matched(se, None);
+                self.dispatch_matched(Job { se, prep: None });
             }
-            return;
-        }
-        let route = self.ctx.route.clone();
-        let prepared = tokio::task::block_in_place(|| {
-            let refs: Vec<&Event> = events.iter().map(|se| &se.event).collect();
-            route.prepare_batch(&refs)
-        });
-        for (se, prep) in events.into_iter().zip(prepared) {
-            if !matches!(prep, Prepared::Skip) {
-                self.dispatch_matched(se, Some(prep));
+        } else {
+            let route = self.ctx.route.clone();
+            let prepared = tokio::task::block_in_place(|| {
+                let refs: Vec<&Event> = events.iter().map(|se| &*se.event).collect();
+                route.prepare_batch(&refs)
+            });
+            for (se, prep) in events.into_iter().zip(prepared) {
+                if !matches!(prep, Prepared::Skip) {
+                    self.dispatch_matched(Job {
+                        se,
+                        prep: Some(prep),
+                    });
+                }
             }
         }
+        self.pump();
     }
 
-    fn dispatch_matched(&mut self, se: StoredEvent, prep: Option<Prepared>) {
+    fn dispatch_matched(&mut self, job: Job) {
         let key = match self.ctx.route.config.ordering {
-            Ordering::Key => se.event.partition_key(),
+            Ordering::Key => job.se.event.partition_key(),
             Ordering::None => None,
         };
-        self.pending.insert(se.offset, key.clone());
+        self.pending.insert(job.se.offset, key.clone());
         match key {
             Some(k) if self.key_busy.contains(&k) => {
-                self.key_queue.entry(k).or_default().push_back((se, prep));
+                self.key_queue.entry(k).or_default().push_back(job);
             }
             Some(k) => {
                 self.key_busy.insert(k);
-                self.start(se, prep);
+                self.ready.push_back(job);
             }
-            None => self.start(se, prep),
+            None => self.ready.push_back(job),
         }
     }
 
-    fn start(&mut self, se: StoredEvent, prep: Option<Prepared>) {
-        self.running += 1;
+    /// Starts ready events while fewer than `maxInFlight` attempts run.
+    fn pump(&mut self) {
+        while self.running.len() < self.max_in_flight() && !self.ctx.stopping() {
+            let Some(job) = self.ready.pop_front() else {
+                break;
+            };
+            self.start(job);
+        }
+    }
+
+    fn start(&mut self, job: Job) {
+        let Job { se, prep } = job;
+        self.running.insert(se.offset, se.clone());
         let tx = self.done_tx.clone();
         let ack = AckHandle::new(
             se.offset,
@@ -631,22 +762,55 @@ impl Stream {
     }
 
     fn finish(&mut self, offset: u64, status: AckStatus) {
-        self.running = self.running.saturating_sub(1);
-        let key = self.pending.get(&offset).cloned().flatten();
-        if status != AckStatus::Retry {
-            self.pending.remove(&offset);
-            if let Ok(mut a) = self.attempts.lock() {
-                a.remove(&offset);
-            }
-        }
-        if let Some(k) = key {
-            let next = self.key_queue.get_mut(&k).and_then(VecDeque::pop_front);
-            match next {
-                Some((se, prep)) if !self.ctx.stopping() => self.start(se, prep),
-                _ => {
-                    self.key_queue.remove(&k);
-                    self.key_busy.remove(&k);
+        let Some(se) = self.running.remove(&offset) else {
+            return;
+        };
+        if status == AckStatus::Retry && !self.ctx.stopping() {
+            // The attempt ended without a verdict while nothing is stopping: the task was
+            // lost (a sink that panicked). It counts as a failed attempt and is dispatched
+            // again after its backoff; its key stays held so order is kept.
+            let made = match self.attempts.lock() {
+                Ok(mut a) => {
+                    let n = a.entry(offset).or_insert(0);
+                    *n = n.saturating_add(1);
+                    *n
                 }
+                Err(_) => 1,
+            };
+            let delay = backoff_delay(&self.ctx.route.delivery, made);
+            tracing::warn!(subscription = %self.ctx.route.name(), topic = %self.topic, offset, attempt = made, "a delivery attempt ended without a result (the sink failed); retrying per the policy");
+            self.delayed.push((tokio::time::Instant::now() + delay, se));
+            self.pump();
+            return;
+        }
+        if status == AckStatus::Retry {
+            // Shutting down: left pending, delivered again after the restart.
+            self.release_key(offset);
+            return;
+        }
+        self.finish_offset(offset);
+    }
+
+    /// The event at `offset` is done for good: forget it and let its key move on.
+    fn finish_offset(&mut self, offset: u64) {
+        if let Ok(mut a) = self.attempts.lock() {
+            a.remove(&offset);
+        }
+        self.release_key(offset);
+        self.pending.remove(&offset);
+        self.pump();
+    }
+
+    /// Hands the key of `offset` to the next event queued behind it, or frees it.
+    fn release_key(&mut self, offset: u64) {
+        let Some(k) = self.pending.get(&offset).cloned().flatten() else {
+            return;
+        };
+        match self.key_queue.get_mut(&k).and_then(VecDeque::pop_front) {
+            Some(job) if !self.ctx.stopping() => self.ready.push_back(job),
+            _ => {
+                self.key_queue.remove(&k);
+                self.key_busy.remove(&k);
             }
         }
     }
@@ -658,7 +822,7 @@ impl Stream {
 async fn deliver(
     ctx: &Ctx,
     offset: u64,
-    event: Event,
+    event: Arc<Event>,
     attempts: &Mutex<BTreeMap<u64, u32>>,
     prep: Option<Prepared>,
 ) -> AckStatus {
@@ -673,27 +837,30 @@ async fn deliver(
             }
         }
         None if !ctx.route.has_transforms() => {
-            return deliver_one(ctx, offset, event, attempts).await
+            return deliver_one(ctx, offset, &event, attempts).await
         }
-        None => match ctx.route.transform_routed(event.clone()) {
+        None => match ctx.route.transform_routed((*event).clone()) {
             Ok(o) => o,
             Err(e) => {
                 let err = SinkError::not_retryable(format!("transform failed: {e}"));
-                return dead_letter(ctx, event, 0, err).await;
+                return dead_letter(ctx, &event, 0, err).await;
             }
         },
     };
     let mut status = AckStatus::Skipped;
     for (topic, out) in outputs {
         let s = match topic {
-            Some(t) => {
-                if publish_to(ctx, &t, out).await {
-                    AckStatus::Delivered
-                } else {
-                    AckStatus::Retry
+            Some(t) => match publish(ctx, &t, &out, "a routed event").await {
+                Published::Stored => AckStatus::Delivered,
+                Published::Stopped => AckStatus::Retry,
+                Published::Refused(why) => {
+                    let err = SinkError::not_retryable(format!(
+                        "the event routed to topic {t:?} cannot be stored: {why}"
+                    ));
+                    dead_letter(ctx, &event, 0, err).await
                 }
-            }
-            None => deliver_one(ctx, offset, out, attempts).await,
+            },
+            None => deliver_one(ctx, offset, &out, attempts).await,
         };
         match s {
             AckStatus::Retry => return AckStatus::Retry,
@@ -732,7 +899,7 @@ async fn retry_plugins(
         }
         if made >= max_attempts {
             let err = SinkError::not_retryable(last);
-            return Err(dead_letter(ctx, event.clone(), made, err).await);
+            return Err(dead_letter(ctx, event, made, err).await);
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff_delay(spec, made)) => {}
@@ -754,16 +921,26 @@ async fn retry_plugins(
     }
 }
 
-/// Publishes a routed output durably, retrying until stored; false if shutdown interrupted.
-async fn publish_to(ctx: &Ctx, topic: &str, event: Event) -> bool {
+/// How storing an event that delivery produced (a reply, a routed output) ended.
+enum Published {
+    Stored,
+    /// Shutdown came first; nothing is finished.
+    Stopped,
+    /// The store will never take it (too large, say): the cause goes to the dead-letter path.
+    Refused(String),
+}
+
+/// Stores an event durably, retrying transient failures until it is stored.
+async fn publish(ctx: &Ctx, topic: &str, event: &Event, what: &str) -> Published {
     let mut wait = Duration::from_millis(100);
     loop {
-        match ctx.store.append(topic, std::slice::from_ref(&event)).await {
-            Ok(_) => return true,
+        match ctx.store.append(topic, std::slice::from_ref(event)).await {
+            Ok(_) => return Published::Stored,
+            Err(e) if e.is_permanent() => return Published::Refused(e.to_string()),
             Err(e) => {
-                tracing::error!(subscription = %ctx.route.name(), topic = %topic, error = %e, "publishing a routed event failed; retrying");
+                tracing::error!(subscription = %ctx.route.name(), topic = %topic, error = %e, "storing {what} failed; retrying");
                 if ctx.stopping() {
-                    return false;
+                    return Published::Stopped;
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -776,7 +953,7 @@ async fn publish_to(ctx: &Ctx, topic: &str, event: Event) -> bool {
 async fn deliver_one(
     ctx: &Ctx,
     offset: u64,
-    event: Event,
+    event: &Event,
     attempts: &Mutex<BTreeMap<u64, u32>>,
 ) -> AckStatus {
     let spec = &ctx.route.delivery;
@@ -789,20 +966,31 @@ async fn deliver_one(
     let mut last: Option<SinkError> = None;
     loop {
         if made >= max_attempts {
-            let err = last
-                .unwrap_or_else(|| SinkError::retryable("retries were exhausted before a restart"));
+            let err = last.unwrap_or_else(|| {
+                SinkError::retryable(
+                    "every attempt failed (some before a restart or a lost attempt)",
+                )
+            });
             return dead_letter(ctx, event, made, err).await;
         }
         if ctx.stopping() {
             return AckStatus::Retry;
         }
-        let result = ctx.sink.deliver(&event, spec.timeout.0).await;
+        let result = ctx.sink.deliver(event, spec.timeout.0).await;
         made += 1;
         match result {
             Ok(delivered) => {
                 if let Some(reply) = delivered.reply {
-                    if !publish_reply(ctx, reply).await {
-                        return AckStatus::Retry;
+                    let topic = ctx.route.reply_topic().to_owned();
+                    match publish(ctx, &topic, &reply, "a reply").await {
+                        Published::Stored => {}
+                        Published::Stopped => return AckStatus::Retry,
+                        Published::Refused(why) => {
+                            let err = SinkError::not_retryable(format!(
+                                "delivered, but the reply cannot be stored in topic {topic:?}: {why}"
+                            ));
+                            return dead_letter(ctx, event, made, err).await;
+                        }
                     }
                 }
                 return AckStatus::Delivered;
@@ -811,7 +999,7 @@ async fn deliver_one(
                 if let Ok(mut a) = attempts.lock() {
                     a.insert(offset, made);
                 }
-                tracing::debug!(subscription = %ctx.route.name(), offset, attempt = made, error = %e, "delivery attempt failed");
+                tracing::info!(subscription = %ctx.route.name(), offset, attempt = made, error = %e, "delivery attempt failed");
                 if e.hint == RetryHint::NotRetryable {
                     return dead_letter(ctx, event, made, e).await;
                 }
@@ -833,27 +1021,9 @@ async fn deliver_one(
     }
 }
 
-/// Stores a reply event durably, retrying until it is stored; false if shutdown interrupted.
-async fn publish_reply(ctx: &Ctx, reply: Event) -> bool {
-    let topic = ctx.route.reply_topic().to_owned();
-    let mut wait = Duration::from_millis(100);
-    loop {
-        match ctx.store.append(&topic, std::slice::from_ref(&reply)).await {
-            Ok(_) => return true,
-            Err(e) => {
-                tracing::error!(subscription = %ctx.route.name(), topic = %topic, error = %e, "storing a reply failed; retrying");
-                if ctx.stopping() {
-                    return false;
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn dead_letter(ctx: &Ctx, mut event: Event, attempts: u32, err: SinkError) -> AckStatus {
+async fn dead_letter(ctx: &Ctx, event: &Event, attempts: u32, err: SinkError) -> AckStatus {
     let name = ctx.route.name();
+    let mut event = event.clone();
     event.set_extension(deadletter::REASON, ExtValue::String(err.message.clone()));
     event.set_extension(deadletter::ATTEMPTS, ExtValue::Integer(i64::from(attempts)));
     if let Some(s) = err.status {
@@ -871,12 +1041,25 @@ async fn dead_letter(ctx: &Ctx, mut event: Event, attempts: u32, err: SinkError)
                 .await
                 .map(|_| ())
                 .map_err(|e| e.message),
-            None => ctx
+            None => match ctx
                 .store
                 .append(&dlq_topic(name), std::slice::from_ref(&event))
                 .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_permanent() && event.data.is_some() => {
+                    // The event itself is too large to keep: keep its attributes and the
+                    // reason, so the list still says what was lost and why.
+                    tracing::error!(subscription = %name, id = %event.id, error = %e, "the dead-lettered event is too large for the store; keeping it without its data");
+                    event.data = None;
+                    event.set_extension(
+                        deadletter::REASON,
+                        ExtValue::String(format!("{} (data dropped: {e})", err.message)),
+                    );
+                    continue;
+                }
+                Err(e) => Err(e.to_string()),
+            },
         };
         match result {
             Ok(()) => return AckStatus::DeadLettered,

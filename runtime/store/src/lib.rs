@@ -61,7 +61,7 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shut down")]
     Closed,
-    #[error("record of {0} bytes is larger than the 64 MiB record limit")]
+    #[error("an event of {0} bytes is larger than the store accepts")]
     TooLarge(usize),
     #[error("the log writer failed earlier ({0}); restart evmesh once the disk is healthy")]
     Failed(String),
@@ -70,6 +70,16 @@ pub enum StoreError {
     Backend(String),
     #[error("invalid state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
+    #[error("{0:?} is not a safe name for a topic or subscription")]
+    InvalidName(String),
+}
+
+impl StoreError {
+    /// Errors that another attempt cannot fix: the same input fails again (a record over the
+    /// size limit, an unusable name). Callers dead-letter instead of retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::TooLarge(_) | StoreError::InvalidName(_))
+    }
 }
 
 impl StoreError {
@@ -89,7 +99,12 @@ pub struct StoreOptions {
     pub fsync_interval: Duration,
     pub segment_bytes: u64,
     pub retention: Option<Duration>,
+    /// The largest encoded event accepted (at most [`MAX_RECORD_BYTES`]).
+    pub max_record_bytes: usize,
 }
+
+/// The hard limit on one encoded event in the embedded log.
+pub const MAX_RECORD_BYTES: usize = segment::MAX_RECORD;
 
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +113,12 @@ pub struct AppendAck {
     pub count: u64,
 }
 
-/// An event read back with its offset.
+/// An event read back with its offset. The event is shared: the fan-out hands the same one to
+/// every subscription it matches.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub offset: u64,
-    pub event: Event,
+    pub event: Arc<Event>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -169,6 +185,9 @@ pub trait Store: Send + Sync + 'static {
     fn problems(&self) -> Vec<StoreProblem>;
     /// Finishes pending appends and stops the writer.
     fn close(&self) -> BoxFuture<'static, ()>;
+    /// Removes a topic and everything in it (a deleted subscription's dead-letter and re-drive
+    /// topics, so that a new one of the same name starts clean).
+    fn delete_topic(&self, topic: &str) -> BoxFuture<'static, Result<(), StoreError>>;
     /// For stores that share consumption between evmesh instances (Kafka): joins the
     /// subscription's consumer group on `topic` and hands out the partitions this instance is
     /// given. `None` means the subscription reads the topic itself with [`Store::read`] and the
@@ -266,6 +285,8 @@ struct AppendReq {
 
 enum WriterMsg {
     Append(AppendReq),
+    /// Forget a deleted topic's open segment.
+    Forget(String, oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
 }
 
@@ -308,6 +329,7 @@ impl EmbeddedStore {
             let topic = recover_topic(&name, &entry.path(), &mut problems)?;
             topics.insert(name, Arc::new(topic));
         }
+        raise_to_cursors(&state, &opts.data_dir, &mut topics);
         for p in &problems {
             tracing::error!(
                 topic = %p.topic, segment = %p.segment.display(), byte_offset = p.byte_offset,
@@ -336,6 +358,7 @@ impl EmbeddedStore {
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, StoreError> {
+        state::safe_component(name)?;
         if let Some(t) = self
             .inner
             .topics
@@ -389,9 +412,11 @@ fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, StoreError>
             }
         }
         let Some(s) = found else {
+            // Nothing at or after `from` below the durable end: a gap (quarantined or lost
+            // offsets) up to the end, which the reader skips.
             return Ok(ReadBatch {
                 events: Vec::new(),
-                next: from,
+                next: from.max(durable),
             });
         };
         let to = (s.base + s.positions.len() as u64)
@@ -423,7 +448,10 @@ fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, StoreError>
     for (offset, payload) in raw {
         let event = codec::decode(&payload)
             .map_err(|e| StoreError::Corrupt(format!("{} offset {offset}: {e}", t.name)))?;
-        events.push(StoredEvent { offset, event });
+        events.push(StoredEvent {
+            offset,
+            event: Arc::new(event),
+        });
     }
     Ok(ReadBatch { events, next: to })
 }
@@ -529,6 +557,55 @@ fn recover_topic(
     })
 }
 
+/// After a power loss with `fsync: interval` or `never`, a saved cursor can be ahead of the
+/// recovered end of its topic (the cursor file was synced, the log was not). New offsets must
+/// then start past every saved cursor, or new events would get offsets a subscription believes
+/// it has finished and would never be delivered. The topic's newest segment is sealed so the
+/// next append opens a segment at the raised base, as after a quarantine.
+fn raise_to_cursors(state: &StateDir, data_dir: &Path, topics: &mut HashMap<String, Arc<Topic>>) {
+    let mut highest: HashMap<String, (u64, String)> = HashMap::new();
+    for (sub, topic, committed) in state.all_cursors() {
+        let e = highest.entry(topic).or_insert((0, String::new()));
+        if committed > e.0 {
+            *e = (committed, sub);
+        }
+    }
+    for (name, (cursor, sub)) in highest {
+        if state::safe_component(&name).is_err() {
+            continue;
+        }
+        let end = topics.get(&name).map_or(0, |t| t.durable_end());
+        if cursor <= end {
+            continue;
+        }
+        tracing::warn!(
+            topic = %name, log_end = end, cursor, subscription = %sub,
+            "the log ends before a saved cursor (writes lost in a power loss?); new events start at the cursor"
+        );
+        match topics.get(&name) {
+            Some(t) => {
+                if let Ok(mut log) = t.log.write() {
+                    if let Some(last) = log.last_mut() {
+                        last.sealed = true;
+                    }
+                }
+                t.end.send_replace(cursor);
+            }
+            None => {
+                topics.insert(
+                    name.clone(),
+                    Arc::new(Topic {
+                        dir: data_dir.join("topics").join(&name),
+                        name,
+                        log: RwLock::new(Vec::new()),
+                        end: watch::channel(cursor).0,
+                    }),
+                );
+            }
+        }
+    }
+}
+
 /// Index updates of one commit: per topic, per segment base the new record positions and end,
 /// and the topic's next offset.
 type IndexUpdates = Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>;
@@ -597,13 +674,16 @@ impl Writer {
                 let Some(first) = msg else { break };
                 let mut batch = Vec::new();
                 let mut close = None;
+                let mut forget = None;
                 match first {
                     WriterMsg::Append(r) => batch.push(r),
+                    WriterMsg::Forget(t, tx) => forget = Some((t, tx)),
                     WriterMsg::Close(tx) => close = Some(tx),
                 }
-                while close.is_none() && batch.len() < 4096 {
+                while close.is_none() && forget.is_none() && batch.len() < 4096 {
                     match rx.try_recv() {
                         Ok(WriterMsg::Append(r)) => batch.push(r),
+                        Ok(WriterMsg::Forget(t, tx)) => forget = Some((t, tx)),
                         Ok(WriterMsg::Close(tx)) => close = Some(tx),
                         Err(_) => break,
                     }
@@ -616,6 +696,11 @@ impl Writer {
                         self.sync_dirty(&mut dirty);
                         last_sync = Instant::now();
                     }
+                }
+                if let Some((topic, tx)) = forget {
+                    self.sync_dirty(&mut dirty);
+                    self.active.remove(&topic);
+                    let _ = tx.send(());
                 }
                 if let Some(tx) = close {
                     self.sync_dirty(&mut dirty);
@@ -882,7 +967,7 @@ impl Store for EmbeddedStore {
         for e in events {
             payload.clear();
             codec::encode(e, &mut payload);
-            if payload.len() > segment::MAX_RECORD {
+            if payload.len() > self.inner.opts.max_record_bytes.min(segment::MAX_RECORD) {
                 let n = payload.len();
                 return Box::pin(async move { Err(StoreError::TooLarge(n)) });
             }
@@ -1013,6 +1098,38 @@ impl Store for EmbeddedStore {
             .lock()
             .map(|p| p.clone())
             .unwrap_or_default()
+    }
+
+    fn delete_topic(&self, topic: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let inner = self.inner.clone();
+        let name = topic.to_owned();
+        Box::pin(async move {
+            state::safe_component(&name)?;
+            let removed = inner
+                .topics
+                .write()
+                .map_err(|_| lock_poisoned())?
+                .remove(&name);
+            let (tx, rx) = oneshot::channel();
+            if inner
+                .writer
+                .send(WriterMsg::Forget(name.clone(), tx))
+                .await
+                .is_ok()
+            {
+                let _ = rx.await;
+            }
+            let dir = inner.opts.data_dir.join("topics").join(&name);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io(format!("removing {}", dir.display()), e)),
+            }
+            if removed.is_some() {
+                tracing::info!(topic = %name, "topic deleted");
+            }
+            Ok(())
+        })
     }
 
     fn close(&self) -> BoxFuture<'static, ()> {

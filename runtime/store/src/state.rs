@@ -30,15 +30,40 @@ impl StateDir {
         })
     }
 
-    fn cursor_path(&self, sub: &str, topic: &str) -> PathBuf {
-        self.dir
+    fn cursor_path(&self, sub: &str, topic: &str) -> Result<PathBuf, StoreError> {
+        safe_component(sub)?;
+        safe_component(topic)?;
+        Ok(self
+            .dir
             .join("subscriptions")
             .join(sub)
-            .join(format!("{topic}.cursor.json"))
+            .join(format!("{topic}.cursor.json")))
     }
 
     pub fn load_cursor(&self, sub: &str, topic: &str) -> Result<Option<CursorState>, StoreError> {
-        read_json(&self.cursor_path(sub, topic))
+        read_json(&self.cursor_path(sub, topic)?)
+    }
+
+    /// Every saved cursor: `(subscription, topic, committed)`. Unreadable files are skipped
+    /// (fsck reports them).
+    pub fn all_cursors(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        let Ok(subs) = fs::read_dir(self.dir.join("subscriptions")) else {
+            return out;
+        };
+        for sub in subs.flatten() {
+            let name = sub.file_name().to_string_lossy().into_owned();
+            for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                let Some(topic) = fname.strip_suffix(".cursor.json") else {
+                    continue;
+                };
+                if let Ok(Some(c)) = read_json::<CursorState>(&f.path()) {
+                    out.push((name.clone(), topic.to_owned(), c.committed));
+                }
+            }
+        }
+        out
     }
 
     pub fn save_cursor(
@@ -47,7 +72,7 @@ impl StateDir {
         topic: &str,
         state: &CursorState,
     ) -> Result<(), StoreError> {
-        let path = self.cursor_path(sub, topic);
+        let path = self.cursor_path(sub, topic)?;
         let bytes = serde_json::to_vec(state).map_err(|e| StoreError::State {
             path: path.clone(),
             reason: e.to_string(),
@@ -57,6 +82,7 @@ impl StateDir {
     }
 
     pub fn delete_subscription(&self, sub: &str) -> Result<(), StoreError> {
+        safe_component(sub)?;
         let dir = self.dir.join("subscriptions").join(sub);
         let _g = self.lock.lock().map_err(|_| crate::lock_poisoned())?;
         match fs::remove_dir_all(&dir) {
@@ -78,6 +104,21 @@ impl StateDir {
         })?;
         let _g = self.lock.lock().map_err(|_| crate::lock_poisoned())?;
         write_atomic(&path, &bytes)
+    }
+}
+
+/// Refuses a name that is not safe as one path component, whatever checked it before: state
+/// files are derived from names, and no name may reach outside its own folder.
+pub fn safe_component(name: &str) -> Result<(), StoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.bytes().any(|b| b == b'/' || b == b'\\' || b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidName(name.to_owned()))
     }
 }
 
@@ -107,4 +148,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.sync_data()
         .map_err(|e| StoreError::io(format!("syncing {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| StoreError::io(format!("renaming {}", tmp.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_leave_their_folder_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        for bad in ["", ".", "..", "a/b", "../x", "a\\b"] {
+            assert!(state.delete_subscription(bad).is_err(), "{bad:?}");
+            assert!(state.load_cursor(bad, "t").is_err(), "{bad:?}");
+            assert!(state.load_cursor("s", bad).is_err(), "{bad:?}");
+        }
+        // Nothing was removed: the state folder is still there.
+        assert!(dir.path().join("subscriptions").is_dir());
+        assert!(state.delete_subscription("ok.name").is_ok());
+    }
 }

@@ -9,6 +9,7 @@ fn opts(dir: &Path, segment_bytes: u64) -> StoreOptions {
         fsync_interval: Duration::from_millis(5),
         segment_bytes,
         retention: None,
+        max_record_bytes: MAX_RECORD_BYTES,
     }
 }
 
@@ -54,7 +55,7 @@ fn appends_are_read_back_in_order_across_segments() {
         assert_eq!(all.len(), 100);
         for (i, se) in all.iter().enumerate() {
             assert_eq!(se.offset, i as u64);
-            assert_eq!(se.event, ev(i));
+            assert_eq!(*se.event, ev(i));
         }
         s.close().await;
     });
@@ -222,8 +223,81 @@ proptest! {
             prop_assert_eq!(ack.first, model.len() as u64);
             model.extend(events);
         }
-        let got: Vec<Event> = read_all(&s, "m").into_iter().map(|e| e.event).collect();
+        let got: Vec<Event> = read_all(&s, "m").into_iter().map(|e| (*e.event).clone()).collect();
         prop_assert_eq!(got, model);
         r.block_on(s.close());
     }
+}
+
+#[tokio::test]
+async fn new_offsets_start_past_a_cursor_left_ahead_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        store.append("t", &[ev(0), ev(1)]).await.unwrap();
+        // A subscription finished 10 events, of which the power loss kept only 2 on disk.
+        store
+            .save_cursor(
+                "s",
+                "t",
+                &CursorState {
+                    committed: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        store
+            .save_cursor(
+                "s",
+                "gone",
+                &CursorState {
+                    committed: 5,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        store.close().await;
+    }
+    let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(*store.watch_end("t").borrow(), 10);
+    let ack = store.append("t", &[ev(2)]).await.unwrap();
+    assert_eq!(ack.first, 10, "new events must not reuse finished offsets");
+    let ack = store.append("gone", &[ev(3)]).await.unwrap();
+    assert_eq!(ack.first, 5);
+    // A reader in the gap skips it instead of spinning on it.
+    let b = store.read("t", 2, 10).await.unwrap();
+    assert_eq!(b.events.len(), 1);
+    assert_eq!(b.events[0].offset, 10);
+    assert_eq!(b.next, 11);
+    store.close().await;
+    // And after another restart the raised offsets are the real ones.
+    let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+    assert_eq!(*store.watch_end("t").borrow(), 11);
+}
+
+#[tokio::test]
+async fn a_deleted_topic_starts_again_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+    store.append("__dlq.s", &[ev(0), ev(1)]).await.unwrap();
+    store.delete_topic("__dlq.s").await.unwrap();
+    assert!(!dir.path().join("topics/__dlq.s").exists());
+    let b = store.read("__dlq.s", 0, 10).await.unwrap();
+    assert!(b.events.is_empty());
+    assert_eq!(b.next, 0);
+    let ack = store.append("__dlq.s", &[ev(2)]).await.unwrap();
+    assert_eq!(ack.first, 0);
+    assert!(store.delete_topic("..").await.is_err());
+    assert!(store.append("..", &[ev(3)]).await.is_err());
+    assert!(dir.path().join("topics").is_dir());
+}
+
+#[tokio::test]
+async fn events_over_the_configured_limit_are_refused_as_permanent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), 1 << 20);
+    o.max_record_bytes = 64;
+    let store = EmbeddedStore::open(o).unwrap();
+    let err = store.append("t", &[ev(0)]).await.unwrap_err();
+    assert!(err.is_permanent(), "{err}");
 }
