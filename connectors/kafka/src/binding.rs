@@ -11,8 +11,8 @@
 //! A record that is neither (no `ce_specversion` header, no CloudEvents content type) is not a
 //! CloudEvent; [`wrap_plain`] turns it into one with the attributes documented there.
 
+use crate::config::KafkaMode;
 use bytes::Bytes;
-use evmesh_core::config::KafkaMode;
 use evmesh_core::event::EventError;
 use evmesh_core::format::{self, DecodeError};
 use evmesh_core::http_binding::{decode_binary_with, encode_binary_headers_with, HeaderStyle};

@@ -6,10 +6,14 @@
 //! The CloudEvents Kafka protocol binding is in [`binding`].
 
 pub mod binding;
+pub mod config;
 mod sink;
 mod source;
 mod store;
 
+pub use config::{
+    KafkaAcks, KafkaCompression, KafkaMode, KafkaSinkConfig, KafkaSourceConfig, KafkaStoreConfig,
+};
 pub use sink::KafkaSink;
 pub use source::KafkaSource;
 pub use store::KafkaStore;

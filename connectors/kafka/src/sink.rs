@@ -1,14 +1,24 @@
 //! The Kafka sink: one idempotent producer per subscription sink.
 
 use crate::binding;
+use crate::config::{KafkaAcks, KafkaCompression, KafkaMode, KafkaSinkConfig};
 use crate::{client_config, client_error, owned_headers, KafkaConnectorError, Renewing};
-use evmesh_core::config::{KafkaAcks, KafkaCompression, KafkaMode, KafkaSinkConfig};
-use evmesh_core::sink::{Delivered, Sink, SinkError};
+use evmesh_core::component::{SinkConfig, SinkContext};
+use evmesh_core::sink::{Delivered, Sink, SinkError, SinkHealth};
 use evmesh_core::Event;
 use futures_util::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+impl SinkConfig for KafkaSinkConfig {
+    fn build(&self, _cx: &SinkContext) -> Result<Arc<dyn Sink>, String> {
+        KafkaSink::new(self)
+            .map(|s| Arc::new(s) as Arc<dyn Sink>)
+            .map_err(|e| e.to_string())
+    }
+}
 
 pub struct KafkaSink {
     producer: Renewing,
@@ -16,6 +26,7 @@ pub struct KafkaSink {
     mode: KafkaMode,
     key: String,
     brokers: String,
+    health: Mutex<SinkHealth>,
 }
 
 impl KafkaSink {
@@ -54,7 +65,66 @@ impl KafkaSink {
             mode: cfg.mode,
             key: cfg.key.clone(),
             brokers: cfg.brokers.clone(),
+            health: Mutex::new(SinkHealth::Unknown),
         })
+    }
+
+    /// Hands one event to the producer's queue.
+    fn send(
+        &self,
+        producer: &rdkafka::producer::FutureProducer,
+        event: &Event,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        let rec = binding::encode(event, self.mode, &self.key);
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.topic).headers(owned_headers(&rec.headers));
+        if let Some(k) = rec.key.as_deref() {
+            record = record.key(k);
+        }
+        if let Some(v) = rec.value.as_deref() {
+            record = record.payload(v);
+        }
+        producer.send_result(record).map_err(|(e, _)| e)
+    }
+
+    /// Waits for the broker's answer on one queued event.
+    async fn settle(
+        &self,
+        sent: Result<DeliveryFuture, KafkaError>,
+        timeout: Duration,
+    ) -> Result<Delivered, SinkError> {
+        match sent {
+            Err(e) => Err(classify(&self.topic, e)),
+            Ok(fut) => match tokio::time::timeout(timeout, fut).await {
+                Err(_) => Err(SinkError::retryable(format!(
+                    "kafka topic {}: no acknowledgement within {timeout:?}",
+                    self.topic
+                ))),
+                Ok(Err(_)) => Err(SinkError::retryable("kafka producer was replaced")),
+                Ok(Ok(Err((e, _)))) => Err(classify(&self.topic, e)),
+                Ok(Ok(Ok(_))) => Ok(Delivered::default()),
+            },
+        }
+    }
+
+    fn record_outcome(
+        &self,
+        ok: bool,
+        last_error: Option<&SinkError>,
+        producer: &Arc<rdkafka::producer::FutureProducer>,
+        timeout: Duration,
+    ) {
+        if ok {
+            self.producer.progressed();
+        } else {
+            self.producer.check(producer, timeout * 2);
+        }
+        if let Ok(mut h) = self.health.lock() {
+            *h = match last_error {
+                None => SinkHealth::Ready,
+                Some(e) => SinkHealth::Unhealthy(e.message.clone()),
+            };
+        }
     }
 }
 
@@ -79,35 +149,46 @@ impl Sink for KafkaSink {
         event: &'a Event,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Delivered, SinkError>> {
-        let rec = binding::encode(event, self.mode, &self.key);
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).headers(owned_headers(&rec.headers));
-        if let Some(k) = rec.key.as_deref() {
-            record = record.key(k);
-        }
-        if let Some(v) = rec.value.as_deref() {
-            record = record.payload(v);
-        }
         let producer = self.producer.get();
-        let sent = producer.send_result(record).map_err(|(e, _)| e);
+        let sent = self.send(&producer, event);
         Box::pin(async move {
-            let result = match sent {
-                Err(e) => Err(classify(&self.topic, e)),
-                Ok(fut) => match tokio::time::timeout(timeout, fut).await {
-                    Err(_) => Err(SinkError::retryable(format!(
-                        "kafka topic {}: no acknowledgement within {timeout:?}",
-                        self.topic
-                    ))),
-                    Ok(Err(_)) => Err(SinkError::retryable("kafka producer was replaced")),
-                    Ok(Ok(Err((e, _)))) => Err(classify(&self.topic, e)),
-                    Ok(Ok(Ok(_))) => Ok(Delivered::default()),
-                },
-            };
-            match &result {
-                Ok(_) => self.producer.progressed(),
-                Err(_) => self.producer.check(&producer, timeout * 2),
-            }
+            let result = self.settle(sent, timeout).await;
+            self.record_outcome(result.is_ok(), result.as_ref().err(), &producer, timeout);
             result
+        })
+    }
+
+    /// Queues every event before waiting, so the producer sends them in its own batches.
+    fn deliver_batch<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Vec<Result<Delivered, SinkError>>> {
+        let producer = self.producer.get();
+        let sent: Vec<_> = events.iter().map(|e| self.send(&producer, e)).collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(sent.len());
+            for s in sent {
+                out.push(self.settle(s, timeout).await);
+            }
+            let last_error = out.iter().rev().find_map(|r| r.as_ref().err());
+            self.record_outcome(last_error.is_none(), last_error, &producer, timeout);
+            out
+        })
+    }
+
+    fn health(&self) -> SinkHealth {
+        self.health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or(SinkHealth::Unknown)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        let producer = self.producer.get();
+        Box::pin(async move {
+            let _ =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
         })
     }
 

@@ -3,28 +3,37 @@
 //! resumes at the first record not yet stored: duplicates are possible, loss is not.
 
 use crate::binding::{self, Decoded};
+use crate::config::KafkaSourceConfig;
 use crate::{borrowed_headers, client_config, client_error, in_record, KafkaConnectorError};
-use evmesh_core::config::{KafkaSourceConfig, StartPosition};
+use evmesh_core::component::{Source, SourceConfig, SourceContext};
+use evmesh_core::config::StartPosition;
 use evmesh_core::{Event, ExtValue};
-use evmesh_store::Store;
+use futures_util::future::BoxFuture;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+
+impl SourceConfig for KafkaSourceConfig {
+    fn build(&self, name: &str) -> Result<Box<dyn Source>, String> {
+        KafkaSource::new(name, self)
+            .map(|s| Box::new(s) as Box<dyn Source>)
+            .map_err(|e| e.to_string())
+    }
+}
 
 /// Records appended to the store per batch, at most.
 const BATCH: usize = 500;
 
 pub struct KafkaSource {
+    name: String,
     cfg: KafkaSourceConfig,
     consumer: StreamConsumer,
 }
 
 impl KafkaSource {
     /// Creates the consumer and joins the group (records flow once [`KafkaSource::run`] runs).
-    pub fn new(cfg: &KafkaSourceConfig) -> Result<Self, KafkaConnectorError> {
+    pub fn new(name: &str, cfg: &KafkaSourceConfig) -> Result<Self, KafkaConnectorError> {
         let mut c = client_config(&cfg.brokers, &Default::default());
         c.set("group.id", &cfg.group)
             .set("enable.auto.commit", "true")
@@ -49,14 +58,16 @@ impl KafkaSource {
             .subscribe(&topics)
             .map_err(client_error(&cfg.brokers))?;
         Ok(KafkaSource {
+            name: name.to_owned(),
             cfg: cfg.clone(),
             consumer,
         })
     }
 
     /// Consumes until `stop`, then commits what was stored.
-    pub async fn run(self, store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
-        let name = self.cfg.name.clone();
+    async fn consume(self, cx: SourceContext) {
+        let mut stop = cx.stop.clone();
+        let name = self.name.clone();
         tracing::info!(source = %name, topics = ?self.cfg.topics, into = %self.cfg.into, "kafka source started");
         let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
         let mut positions: HashMap<(String, i32), i64> = HashMap::new();
@@ -103,7 +114,7 @@ impl KafkaSource {
             if batch.is_empty() {
                 continue;
             }
-            if !self.append(&store, &batch, &mut stop).await {
+            if !self.publish(&cx, &batch).await {
                 break;
             }
             batch.clear();
@@ -158,35 +169,21 @@ impl KafkaSource {
         {
             let r = tokio::task::block_in_place(|| self.consumer.commit(&tpl, CommitMode::Sync));
             if let Err(e) = r {
-                tracing::warn!(source = %self.cfg.name, topic, partition, error = %e, "could not commit the starting offset");
+                tracing::warn!(source = %self.name, topic, partition, error = %e, "could not commit the starting offset");
             }
         }
     }
 
-    /// Appends until it is durable; false if stopped first (nothing committed for it). An
-    /// event the store will never take (over its size limit) goes to the source's dead-letter
-    /// list with the reason instead of stalling the partition.
-    async fn append(
-        &self,
-        store: &Arc<dyn Store>,
-        batch: &[Event],
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
+    /// Publishes until it is durable (records the store refuses go to the source's dead-letter
+    /// list); false if stopped first (nothing is committed for it).
+    async fn publish(&self, cx: &SourceContext, batch: &[Event]) -> bool {
         let mut wait = Duration::from_millis(100);
+        let mut stop = cx.stop.clone();
         loop {
-            match store.append(&self.cfg.into, batch).await {
-                Ok(_) => return true,
-                Err(e) if e.is_permanent() => {
-                    // Find the culprits one by one; the rest is stored in order.
-                    for event in batch {
-                        if !self.append_one(store, event, stop).await {
-                            return false;
-                        }
-                    }
-                    return true;
-                }
+            match cx.publish(&self.cfg.into, batch).await {
+                Ok(()) => return true,
                 Err(e) => {
-                    tracing::error!(source = %self.cfg.name, into = %self.cfg.into, error = %e, "storing consumed records failed; retrying (offsets not committed)");
+                    tracing::error!(source = %self.name, into = %self.cfg.into, error = %e, "storing consumed records failed; retrying (offsets not committed)");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => return false,
@@ -194,45 +191,6 @@ impl KafkaSource {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-    }
-
-    async fn append_one(
-        &self,
-        store: &Arc<dyn Store>,
-        event: &Event,
-        stop: &mut watch::Receiver<bool>,
-    ) -> bool {
-        let mut wait = Duration::from_millis(100);
-        loop {
-            let err = match store
-                .append(&self.cfg.into, std::slice::from_ref(event))
-                .await
-            {
-                Ok(_) => return true,
-                Err(e) if e.is_permanent() => {
-                    let dead = dead_letter(event, &self.cfg.name, &e.to_string());
-                    let topic = evmesh_core::config::source_dlq_topic(&self.cfg.name);
-                    match store.append(&topic, std::slice::from_ref(&dead)).await {
-                        Ok(_) => {
-                            tracing::warn!(source = %self.cfg.name, id = %event.id, error = %e, "a record cannot be stored; kept in the source's dead-letter list");
-                            return true;
-                        }
-                        Err(e2) if e2.is_permanent() => {
-                            tracing::error!(source = %self.cfg.name, id = %event.id, error = %e2, "a record cannot be stored, not even in the dead-letter list; skipped");
-                            return true;
-                        }
-                        Err(e2) => e2,
-                    }
-                }
-                Err(e) => e,
-            };
-            tracing::error!(source = %self.cfg.name, into = %self.cfg.into, error = %err, "storing a consumed record failed; retrying (offsets not committed)");
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return false,
-            }
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -244,7 +202,7 @@ impl KafkaSource {
             Ok(Decoded::Plain) => binding::wrap_plain(&rec, &self.cfg.record_type),
             Err(err) => {
                 // Kept, not dropped: delivered as a plain record that says why.
-                tracing::warn!(source = %self.cfg.name, topic = %rec.topic, partition = rec.partition, offset = rec.offset, error = %err, "record is not a valid CloudEvent; wrapping it");
+                tracing::warn!(source = %self.name, topic = %rec.topic, partition = rec.partition, offset = rec.offset, error = %err, "record is not a valid CloudEvent; wrapping it");
                 let mut e = binding::wrap_plain(&rec, &self.cfg.record_type);
                 e.set_extension("decodeerror", ExtValue::String(err.to_string()));
                 e
@@ -253,17 +211,8 @@ impl KafkaSource {
     }
 }
 
-/// What the dead-letter list keeps of a record the store refused: its attributes (plain
-/// records carry their Kafka coordinates as extensions) and the reason; not its data, which is
-/// what did not fit.
-fn dead_letter(event: &Event, source: &str, reason: &str) -> Event {
-    let mut e = event.clone();
-    let size = e.data.as_ref().map_or(0, |d| d.bytes.len());
-    e.data = None;
-    e.set_extension(
-        "deadletterreason",
-        ExtValue::String(format!("{reason} (data of {size} bytes dropped)")),
-    );
-    e.set_extension("deadlettersource", ExtValue::String(source.to_owned()));
-    e
+impl Source for KafkaSource {
+    fn run(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, ()> {
+        Box::pin((*self).consume(cx))
+    }
 }

@@ -16,18 +16,19 @@
 //!   re-fetched from before, or one skipped after a rebalance) makes the reader seek back to
 //!   where it is, so a commit never covers an event that was not handed out.
 //!
-//! Local state (subscriptions made through the admin API, the dead-letter list cursor) lives
-//! in `dataDir`, per instance.
+//! Local state (subscriptions made through the admin API, the dead-letter list cursor) is not
+//! here: it is in each instance's state store (`dataDir`).
 
 use crate::binding::{self, Decoded};
+use crate::config::{KafkaMode, KafkaStoreConfig};
 use crate::{
     borrowed_headers, client_config, client_error, in_record, owned_headers, KafkaConnectorError,
 };
-use evmesh_core::config::{KafkaMode, KafkaStoreConfig, StartPosition, SubscriptionConfig};
+use evmesh_core::config::StartPosition;
 use evmesh_core::Event;
 use evmesh_store::{
-    AppendAck, Assignment, CursorState, GroupConsumption, PartitionLog, ReadBatch, StateDir, Store,
-    StoreError, StoreProblem, StoredEvent,
+    AppendAck, Assignment, Consumption, CursorState, EventLog, GroupConsumption, LogConfig,
+    LogContext, PartitionLog, ReadBatch, StoreError, StoredEvent,
 };
 use futures_util::future::BoxFuture;
 use rdkafka::consumer::{
@@ -55,13 +56,23 @@ struct Inner {
     cfg: KafkaStoreConfig,
     producer: FutureProducer,
     known: tokio::sync::Mutex<HashSet<String>>,
-    state: StateDir,
-    /// Ends of topics for the single-reader API (unused by group consumption).
-    ends: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl LogConfig for KafkaStoreConfig {
+    fn open(&self, _cx: LogContext) -> BoxFuture<'static, Result<Arc<dyn EventLog>, String>> {
+        let cfg = self.clone();
+        Box::pin(async move {
+            let store = KafkaStore::open(&cfg)
+                .await
+                .map_err(|e| format!("connecting to the Kafka store at {}: {e}", cfg.brokers))?;
+            tracing::info!(brokers = %cfg.brokers, topic_prefix = %cfg.topic_prefix, "kafka store opened");
+            Ok(Arc::new(store) as Arc<dyn EventLog>)
+        })
+    }
 }
 
 impl KafkaStore {
-    /// Connects (failing clearly if no broker answers) and opens the local state directory.
+    /// Connects, failing clearly if no broker answers.
     pub async fn open(cfg: &KafkaStoreConfig) -> Result<Self, KafkaConnectorError> {
         let base = client_config(&cfg.brokers, &cfg.properties);
         let mut pc = base.clone();
@@ -91,8 +102,6 @@ impl KafkaStore {
                 cfg: cfg.clone(),
                 producer,
                 known: tokio::sync::Mutex::new(HashSet::new()),
-                state: StateDir::open(&cfg.data_dir)?,
-                ends: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -191,8 +200,14 @@ impl Inner {
         })
     }
 
-    /// Reads partition 0 of a topic from `from` without a group (the dead-letter list).
-    fn read_blocking(&self, topic: &str, from: u64, max: usize) -> Result<ReadBatch, StoreError> {
+    /// Reads one partition of a topic from `from` without a group (the dead-letter list).
+    fn read_blocking(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: u64,
+        max: usize,
+    ) -> Result<ReadBatch, StoreError> {
         let kt = self.kafka_topic(topic);
         let mut c = client_config(&self.cfg.brokers, &self.cfg.properties);
         c.set("group.id", format!("{}reader", self.cfg.group_prefix))
@@ -200,7 +215,7 @@ impl Inner {
             .set("auto.offset.reset", "earliest");
         let consumer: BaseConsumer = c.create().map_err(|e| backend("reader", e))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&kt, 0, Offset::Offset(from as i64))
+        tpl.add_partition_offset(&kt, partition, Offset::Offset(from as i64))
             .map_err(|e| backend("reader", e))?;
         consumer.assign(&tpl).map_err(|e| backend("reader", e))?;
         let mut events = Vec::new();
@@ -225,6 +240,26 @@ impl Inner {
         }
         Ok(ReadBatch { events, next })
     }
+
+    /// The topic names the cluster holds (metadata), blocking.
+    fn metadata(&self, topic: Option<&str>) -> Result<Vec<(String, Vec<i32>)>, StoreError> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(topic, Duration::from_secs(10))
+            .map_err(|e| backend("metadata", e))?;
+        Ok(md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| {
+                (
+                    t.name().to_owned(),
+                    t.partitions().iter().map(|p| p.id()).collect(),
+                )
+            })
+            .collect())
+    }
 }
 
 /// The event a store record holds. Records evmesh did not write are wrapped, not dropped.
@@ -241,7 +276,7 @@ fn record_event<M: Message>(m: &M) -> Event {
     }
 }
 
-impl Store for KafkaStore {
+impl EventLog for KafkaStore {
     fn append(
         &self,
         topic: &str,
@@ -250,109 +285,44 @@ impl Store for KafkaStore {
         let inner = self.inner.clone();
         let topic = topic.to_owned();
         let events = events.to_vec();
+        Box::pin(async move { inner.append(&topic, &events).await })
+    }
+
+    fn partitions(&self, topic: &str) -> BoxFuture<'static, Result<Vec<i32>, StoreError>> {
+        let inner = self.inner.clone();
+        let kt = self.inner.kafka_topic(topic);
         Box::pin(async move {
-            let ack = inner.append(&topic, &events).await?;
-            if let Ok(ends) = inner.ends.lock() {
-                if let Some(tx) = ends.get(&topic) {
-                    tx.send_modify(|e| *e = (*e).max(ack.first + ack.count));
-                }
-            }
-            Ok(ack)
+            let md = tokio::task::spawn_blocking(move || inner.metadata(Some(&kt)))
+                .await
+                .map_err(|e| backend("metadata", e))??;
+            let mut parts: Vec<i32> = md.into_iter().flat_map(|(_, p)| p).collect();
+            parts.sort_unstable();
+            Ok(parts)
         })
     }
 
     fn read(
         &self,
         topic: &str,
+        partition: i32,
         from: u64,
         max: usize,
     ) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
         let inner = self.inner.clone();
         let topic = topic.to_owned();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || inner.read_blocking(&topic, from, max))
+            tokio::task::spawn_blocking(move || inner.read_blocking(&topic, partition, from, max))
                 .await
                 .map_err(|e| backend("reader", e))?
         })
     }
 
-    fn watch_end(&self, topic: &str) -> watch::Receiver<u64> {
-        match self.inner.ends.lock() {
-            Ok(mut ends) => ends
-                .entry(topic.to_owned())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe(),
-            Err(_) => watch::channel(0).1,
-        }
-    }
-
-    fn load_cursor(
-        &self,
-        subscription: &str,
-        topic: &str,
-    ) -> Result<Option<CursorState>, StoreError> {
-        self.inner.state.load_cursor(subscription, topic)
-    }
-
-    fn save_cursor(
-        &self,
-        subscription: &str,
-        topic: &str,
-        state: &CursorState,
-    ) -> Result<(), StoreError> {
-        self.inner.state.save_cursor(subscription, topic, state)
-    }
-
-    fn delete_subscription_state(&self, subscription: &str) -> Result<(), StoreError> {
-        self.inner.state.delete_subscription(subscription)
-    }
-
-    fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError> {
-        self.inner.state.load_api_subscriptions()
-    }
-
-    fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError> {
-        self.inner.state.save_api_subscriptions(subs)
-    }
-
-    /// Kafka's retention settings govern what is kept.
-    fn collect_garbage(&self, _topic: &str, _keep_from: u64) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
-    fn topics(&self) -> Vec<String> {
-        Vec::new()
-    }
-
-    fn problems(&self) -> Vec<StoreProblem> {
-        Vec::new()
-    }
-
-    fn delete_topic(&self, topic: &str) -> BoxFuture<'static, Result<(), StoreError>> {
-        let inner = self.inner.clone();
-        let kt = self.inner.kafka_topic(topic);
-        Box::pin(async move {
-            inner.known.lock().await.remove(&kt);
-            crate::delete_topic(&inner.cfg.brokers, &inner.cfg.properties, &kt)
-                .await
-                .map_err(|e| backend(&format!("deleting Kafka topic {kt}"), e))
-        })
-    }
-
-    fn close(&self) -> BoxFuture<'static, ()> {
-        let producer = self.inner.producer.clone();
-        Box::pin(async move {
-            let _ =
-                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-        })
-    }
-
-    fn consume_group(
+    fn consume(
         &self,
         subscription: &str,
         topic: &str,
         start: StartPosition,
-    ) -> BoxFuture<'static, Result<Option<GroupConsumption>, StoreError>> {
+    ) -> BoxFuture<'static, Result<Consumption, StoreError>> {
         let inner = self.inner.clone();
         let subscription = subscription.to_owned();
         let topic = topic.to_owned();
@@ -400,11 +370,48 @@ impl Store for KafkaStore {
                 }
                 .run(notes_rx, assign_tx, stop_rx),
             );
-            Ok(Some(GroupConsumption {
+            Ok(Consumption::Group(GroupConsumption {
                 assignments: assign_rx,
                 membership: Box::new(LeaveOnDrop(stop_tx)),
             }))
         })
+    }
+
+    fn delete_topic(&self, topic: &str) -> BoxFuture<'static, Result<(), StoreError>> {
+        let inner = self.inner.clone();
+        let kt = self.inner.kafka_topic(topic);
+        Box::pin(async move {
+            inner.known.lock().await.remove(&kt);
+            crate::delete_topic(&inner.cfg.brokers, &inner.cfg.properties, &kt)
+                .await
+                .map_err(|e| backend(&format!("deleting Kafka topic {kt}"), e))
+        })
+    }
+
+    fn topics(&self) -> BoxFuture<'static, Result<Vec<String>, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let prefix = inner.cfg.topic_prefix.clone();
+            let md = tokio::task::spawn_blocking(move || inner.metadata(None))
+                .await
+                .map_err(|e| backend("metadata", e))??;
+            Ok(md
+                .into_iter()
+                .filter_map(|(name, _)| name.strip_prefix(&prefix).map(str::to_owned))
+                .collect())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let producer = self.inner.producer.clone();
+        Box::pin(async move {
+            let _ =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("kafka {}", self.inner.cfg.brokers)
     }
 }
 

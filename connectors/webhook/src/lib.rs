@@ -7,13 +7,103 @@
 mod pool;
 
 use bytes::Bytes;
-use evmesh_core::config::{HttpMode, WebhookSinkConfig};
-use evmesh_core::sink::{Delivered, RetryHint, Sink, SinkError};
+use evmesh_core::component::{Check, Kind, SinkConfig, SinkContext};
+use evmesh_core::config::ConfigError;
+use evmesh_core::sink::{Delivered, RetryHint, Sink, SinkError, SinkHealth};
 use evmesh_core::{format, http_binding, Event};
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::Full;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// `sink: {type: webhook, url: …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    pub url: String,
+    #[serde(default)]
+    pub mode: HttpMode,
+    /// Extra headers sent with every request.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// How an event is laid out in the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// `ce-*` headers, the data as the body.
+    #[default]
+    Binary,
+    /// `application/cloudevents+json` body.
+    Structured,
+}
+
+impl Kind for WebhookSinkConfig {
+    const KIND: &'static str = "webhook";
+}
+
+impl Check for WebhookSinkConfig {
+    fn check(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if let Err(e) = validate_http_url(&self.url) {
+            errors.push(ConfigError::new("url", e));
+        }
+        for name in self.headers.keys() {
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !ok {
+                errors.push(ConfigError::new(
+                    format!("headers.{name}"),
+                    "invalid HTTP header name",
+                ));
+            }
+        }
+        errors
+    }
+}
+
+impl SinkConfig for WebhookSinkConfig {
+    fn build(&self, _cx: &SinkContext) -> Result<Arc<dyn Sink>, String> {
+        WebhookSink::new(self)
+            .map(|s| Arc::new(s) as Arc<dyn Sink>)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A webhook target: `http://host[:port][/path]`.
+pub fn validate_http_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: https webhooks are not supported yet (TLS arrives with the security work); use http://"
+        ));
+    } else {
+        return Err(format!("{url:?} is not an http:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?}: credentials in the URL are not supported; use headers"
+        ));
+    }
+    if url
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(format!("{url:?} contains whitespace"));
+    }
+    Ok(())
+}
 
 /// Replies larger than this are refused.
 const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -40,6 +130,8 @@ pub struct WebhookSink {
     mode: HttpMode,
     headers: HeaderMap,
     pool: pool::Pool,
+    /// The outcome of the last attempt, for readiness.
+    health: Mutex<SinkHealth>,
 }
 
 impl WebhookSink {
@@ -103,6 +195,7 @@ impl WebhookSink {
             mode: cfg.mode,
             headers,
             pool,
+            health: Mutex::new(SinkHealth::Unknown),
         })
     }
 
@@ -238,7 +331,26 @@ impl Sink for WebhookSink {
         event: &'a Event,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Delivered, SinkError>> {
-        Box::pin(self.attempt(event, timeout))
+        Box::pin(async move {
+            let r = self.attempt(event, timeout).await;
+            let h = match &r {
+                Ok(_) => SinkHealth::Ready,
+                // A refusal of one event (4xx) says nothing about the destination's health.
+                Err(e) if e.hint == RetryHint::NotRetryable => SinkHealth::Ready,
+                Err(e) => SinkHealth::Unhealthy(e.message.clone()),
+            };
+            if let Ok(mut g) = self.health.lock() {
+                *g = h;
+            }
+            r
+        })
+    }
+
+    fn health(&self) -> SinkHealth {
+        self.health
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or(SinkHealth::Unknown)
     }
 
     fn describe(&self) -> String {
@@ -282,6 +394,17 @@ mod tests {
             Bytes::from_static(br#"{"specversion":"1.0","id":"r2","source":"/fn","type":"t"}"#);
         assert_eq!(decode_reply(&h, body).unwrap().unwrap().id, "r2");
         assert!(decode_reply(&h, Bytes::from_static(b"{}")).is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let cfg = WebhookSinkConfig {
+            url: "ftp://x".into(),
+            mode: HttpMode::Binary,
+            headers: [("bad header".to_owned(), "v".to_owned())].into(),
+        };
+        let paths: Vec<String> = cfg.check().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths, vec!["url", "headers.bad header"]);
     }
 
     #[test]

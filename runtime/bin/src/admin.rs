@@ -1,19 +1,86 @@
-//! The admin API: runtime subscription management, dead-letter lists, health.
+//! The admin API: runtime subscription management, dead-letter lists, health. A listener
+//! like any other (`server.admin`).
 
 use bytes::Bytes;
-use evmesh_core::config::{self, SubscriptionConfig};
+use evmesh_core::component::{Check, Kind};
+use evmesh_core::config::{self, ConfigError, SubscriptionConfig};
 use evmesh_core::format;
 use evmesh_delivery::Supervisor;
+use evmesh_ingress::listener::{ListenAddress, ListenerConfig, ListenerContext, ListenerHandle};
 use evmesh_ingress::{error, json, read_body, Handler, Resp};
 use evmesh_router::Origin;
-use evmesh_store::Store;
+use evmesh_store::{EventLog, StateStore, StoreError};
 use futures_util::future::BoxFuture;
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use std::sync::Arc;
 
+/// `server.admin`: the admin listener's address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct AdminConfig(pub ListenAddress);
+
+impl Kind for AdminConfig {
+    const KIND: &'static str = "admin";
+}
+
+impl Check for AdminConfig {
+    fn check(&self) -> Vec<ConfigError> {
+        self.0.check()
+    }
+}
+
+impl AdminConfig {
+    pub fn default_value() -> serde_yaml::Value {
+        "127.0.0.1:10106".into()
+    }
+}
+
+impl ListenerConfig for AdminConfig {
+    fn label(&self) -> &'static str {
+        "admin"
+    }
+
+    fn start(&self, cx: ListenerContext) -> BoxFuture<'static, Result<ListenerHandle, String>> {
+        let addr = self.0 .0.clone();
+        Box::pin(async move {
+            let admin = Arc::new(Admin {
+                log: cx.log.clone(),
+                state: cx.state.clone(),
+                supervisor: cx.supervisor.clone(),
+                max_body: cx.max_body_bytes,
+                changes: tokio::sync::Mutex::new(()),
+            });
+            let h = evmesh_ingress::serve(&addr, admin, cx.stop.clone(), cx.drain)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ListenerHandle {
+                addr: h.addr,
+                task: h.task,
+            })
+        })
+    }
+}
+
+/// The state document holding the subscriptions made through the admin API.
+const API_SUBSCRIPTIONS: &str = "subscriptions.json";
+
+/// The subscriptions made through the admin API, as saved.
+pub fn load_api_subscriptions(
+    state: &dyn StateStore,
+) -> Result<Vec<SubscriptionConfig>, StoreError> {
+    match state.load_document(API_SUBSCRIPTIONS)? {
+        None => Ok(Vec::new()),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::State {
+            path: API_SUBSCRIPTIONS.into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 pub struct Admin {
-    store: Arc<dyn Store>,
+    log: Arc<dyn EventLog>,
+    state: Arc<dyn StateStore>,
     supervisor: Arc<Supervisor>,
     max_body: usize,
     /// Serializes changes to the set of subscriptions.
@@ -21,15 +88,6 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(store: Arc<dyn Store>, supervisor: Arc<Supervisor>, max_body: usize) -> Arc<Self> {
-        Arc::new(Admin {
-            store,
-            supervisor,
-            max_body,
-            changes: tokio::sync::Mutex::new(()),
-        })
-    }
-
     async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -45,7 +103,10 @@ impl Admin {
         match (method.clone(), segs.as_slice()) {
             (Method::GET, ["healthz"]) => json(
                 StatusCode::OK,
-                &serde_json::json!({"status": "ok", "storeProblems": self.store.problems()}),
+                &serde_json::json!({
+                    "status": "ok",
+                    "storeProblems": self.log.housekeeping().map(|h| h.problems()).unwrap_or_default(),
+                }),
             ),
             (Method::GET, ["subscriptions"]) => {
                 let mut out = Vec::new();
@@ -133,10 +194,14 @@ impl Admin {
             Some(_) => true,
             None => false,
         };
-        // Check the sinks build before touching the running one.
-        let factory = crate::sink_factory();
-        if let Err(e) = factory(&sub.sink) {
-            return error(StatusCode::BAD_REQUEST, format!("sink: {e}"));
+        // Check the sinks before touching the running one.
+        let sink_errors = crate::plan::sink_errors(&sub, "");
+        if !sink_errors.is_empty() {
+            let list: Vec<String> = sink_errors.iter().map(ToString::to_string).collect();
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({"error": list.join("; "), "errors": list}),
+            );
         }
         if existed {
             self.supervisor.stop(&name).await;
@@ -193,7 +258,7 @@ impl Admin {
         r
     }
 
-    async fn persist(&self) -> Result<(), evmesh_store::StoreError> {
+    async fn persist(&self) -> Result<(), StoreError> {
         let api: Vec<SubscriptionConfig> = self
             .supervisor
             .routes()
@@ -202,7 +267,11 @@ impl Admin {
             .filter(|r| r.origin == Origin::Api)
             .map(|r| r.config.clone())
             .collect();
-        self.store.save_api_subscriptions(&api)
+        let bytes = serde_json::to_vec_pretty(&api).map_err(|e| StoreError::State {
+            path: API_SUBSCRIPTIONS.into(),
+            reason: e.to_string(),
+        })?;
+        self.state.save_document(API_SUBSCRIPTIONS, &bytes)
     }
 
     async fn deadletters(&self, name: &str) -> Resp {
@@ -210,30 +279,17 @@ impl Admin {
             return not_found(name);
         }
         match self.supervisor.dead_letters(name).await {
-            Ok((events, _)) => batch_response(&events),
+            Ok(events) => batch_response(&events),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 
     /// Records a source could not store (too large), with the reason, oldest first.
     async fn source_deadletters(&self, name: &str) -> Resp {
-        let topic = config::source_dlq_topic(name);
-        let mut from = 0;
-        let mut events = Vec::new();
-        loop {
-            match self.store.read(&topic, from, 1000).await {
-                Ok(b) => {
-                    let progressed = b.next > from;
-                    from = b.next.max(from);
-                    if b.events.is_empty() && !progressed {
-                        break;
-                    }
-                    events.extend(b.events.into_iter().map(|e| Arc::unwrap_or_clone(e.event)));
-                }
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
+        match self.supervisor.source_dead_letters(name).await {
+            Ok(events) => batch_response(&events),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
-        batch_response(&events)
     }
 
     async fn redrive(&self, name: &str) -> Resp {

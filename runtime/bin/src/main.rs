@@ -1,22 +1,27 @@
-//! The `evmesh` binary: CLI, config loading, wiring, signals.
+//! The `evmesh` binary: CLI, config loading, wiring, signals. The components it can run are
+//! listed in [`registry`]; [`plan`] checks a configuration against them.
 
 mod admin;
-mod bench;
+mod plan;
+mod registry;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use evmesh_core::config::{self, Config, SinkConfig, StoreConfig};
+use evmesh_core::component::SourceContext;
+use evmesh_core::config::{self, Config};
+use evmesh_core::publish::Publish;
 use evmesh_core::transform::PluginLoader;
-use evmesh_delivery::{SinkFactory, Supervisor};
-use evmesh_ingress::{Ingest, IngestOptions};
+use evmesh_delivery::Supervisor;
+use evmesh_ingress::listener::ListenerContext;
+use evmesh_ingress::PublishPath;
 use evmesh_router::Origin;
-use evmesh_store::{EmbeddedStore, Store, StoreOptions};
+use evmesh_store::{EventLog, LogContext, StateDir, StateStore};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The hot path allocates small buffers per event; mimalloc handles that with less contention
-/// than glibc's allocator (measured with `evmesh bench`).
+/// than glibc's allocator (measured with `evmesh-bench`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -38,7 +43,7 @@ enum Command {
         /// YAML configuration file; every key can also be set as EVMESH_SECTION__KEY.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Where the event log and cursors live (overrides store.dataDir).
+        /// Where the event log and state live (overrides store.dataDir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -46,11 +51,9 @@ enum Command {
     Validate { file: PathBuf },
     /// Check a data directory offline: every segment's records and CRCs, every state file.
     Fsck {
-        #[arg(long, default_value = "./evmesh-data")]
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
     },
-    /// Measure ingest and delivery throughput and latency against a real server on loopback.
-    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,7 +71,6 @@ fn main() -> std::process::ExitCode {
         }
         Command::Validate { file } => validate(&file),
         Command::Fsck { data_dir } => fsck(&data_dir),
-        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
     };
     match result {
         Ok(code) => code,
@@ -101,81 +103,45 @@ fn load_config(path: Option<&Path>) -> Result<Config, config::ConfigErrors> {
         })?,
         None => String::new(),
     };
-    config::load(&text, env_vars())
+    config::parse(&text, env_vars())
 }
 
-/// Builds running sinks from config: the one place that knows every connector.
-pub fn sink_factory() -> SinkFactory {
-    Arc::new(|cfg: &SinkConfig| match cfg {
-        SinkConfig::Webhook(w) => evmesh_connector_webhook::WebhookSink::new(w)
-            .map(|s| Arc::new(s) as Arc<dyn evmesh_core::sink::Sink>)
-            .map_err(|e| e.to_string()),
-        SinkConfig::Kafka(k) => evmesh_connector_kafka::KafkaSink::new(k)
-            .map(|s| Arc::new(s) as Arc<dyn evmesh_core::sink::Sink>)
-            .map_err(|e| e.to_string()),
-    })
-}
-
-/// What only building the components finds: filter and transform compile errors, sinks
-/// that cannot be built. Each with its path in the document.
-fn component_errors(cfg: &Config) -> Vec<String> {
-    let factory = sink_factory();
-    let mut errors = Vec::new();
-    let needs_plugins = cfg.subscriptions.iter().any(|s| {
-        s.filters
-            .iter()
-            .any(|f| matches!(f, config::FilterConfig::Wasm(_)))
-            || s.transforms
-                .iter()
-                .any(|t| matches!(t, config::TransformConfig::Wasm(_)))
-    });
-    let loader: Option<Box<dyn PluginLoader>> = if needs_plugins {
-        match evmesh_plugin_host::PluginEngine::new(None) {
-            Ok(engine) => Some(Box::new(evmesh_plugin_host::WasmLoader::new(engine, None))),
-            Err(e) => {
-                errors.push(format!("plugins: {e}"));
-                None
+/// The configuration with every component checked; every error with its path.
+fn checked(path: Option<&Path>) -> Result<(Config, plan::Plan), Vec<String>> {
+    // Rendered once each: the document's checks and a component's may see the same problem.
+    let render = |errs: &[config::ConfigError]| {
+        let mut out: Vec<String> = Vec::new();
+        for e in errs.iter().map(ToString::to_string) {
+            if !out.contains(&e) {
+                out.push(e);
             }
         }
-    } else {
-        None
+        out
     };
-    for (i, s) in cfg.subscriptions.iter().enumerate() {
-        if let Err(e) = evmesh_router::Route::compile_with(
-            s.clone(),
-            Origin::Config,
-            cfg.delivery.as_ref(),
-            loader.as_deref(),
-        ) {
-            errors.extend(e.errors().iter().map(|e| format!("subscriptions[{i}].{e}")));
-        }
-        if let Err(e) = factory(&s.sink) {
-            errors.push(format!("subscriptions[{i}].sink: {e}"));
+    let cfg = load_config(path).map_err(|errs| render(&errs.0))?;
+    let mut errors = config::check(&cfg);
+    match plan::plan(&cfg) {
+        Ok(plan) if errors.is_empty() => Ok((cfg, plan)),
+        Ok(_) => Err(render(&errors)),
+        Err(more) => {
+            errors.extend(more);
+            Err(render(&errors))
         }
     }
-    errors
 }
 
 fn validate(file: &Path) -> Result<std::process::ExitCode> {
-    match load_config(Some(file)) {
-        Ok(cfg) => {
-            let errors = component_errors(&cfg);
-            if errors.is_empty() {
-                println!(
-                    "{}: ok ({} subscriptions)",
-                    file.display(),
-                    cfg.subscriptions.len()
-                );
-                Ok(std::process::ExitCode::SUCCESS)
-            } else {
-                for e in errors {
-                    println!("{e}");
-                }
-                Ok(std::process::ExitCode::FAILURE)
-            }
+    match checked(Some(file)) {
+        Ok((cfg, _)) => {
+            println!(
+                "{}: ok ({} subscriptions)",
+                file.display(),
+                cfg.subscriptions.len()
+            );
+            Ok(std::process::ExitCode::SUCCESS)
         }
-        Err(errs) => {
-            for e in &errs.0 {
+        Err(errors) => {
+            for e in errors {
                 println!("{e}");
             }
             Ok(std::process::ExitCode::FAILURE)
@@ -184,7 +150,7 @@ fn validate(file: &Path) -> Result<std::process::ExitCode> {
 }
 
 fn fsck(dir: &Path) -> Result<std::process::ExitCode> {
-    let report = evmesh_store::fsck(dir).with_context(|| format!("checking {}", dir.display()))?;
+    let report = evmesh_log::fsck(dir).with_context(|| format!("checking {}", dir.display()))?;
     println!(
         "checked {} segments, {} records",
         report.segments, report.records
@@ -225,44 +191,30 @@ async fn serve(
     config_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
 ) -> Result<std::process::ExitCode> {
-    let mut cfg = match load_config(config_path.as_deref()) {
-        Ok(c) => c,
-        Err(errs) => bail!("invalid configuration:\n{errs}"),
+    let (mut cfg, plan) = match checked(config_path.as_deref()) {
+        Ok(x) => x,
+        Err(errors) => bail!("invalid configuration:\n{}", errors.join("\n")),
     };
-    let errors = component_errors(&cfg);
-    if !errors.is_empty() {
-        bail!("invalid configuration:\n{}", errors.join("\n"));
-    }
     if let Some(d) = data_dir {
-        cfg.store.set_data_dir(d);
+        cfg.store.data_dir = d;
     }
     // Relative paths are taken against the working directory at start-up, once.
-    let data_dir = std::path::absolute(cfg.store.data_dir())
-        .with_context(|| format!("resolving {}", cfg.store.data_dir().display()))?;
-    cfg.store.set_data_dir(data_dir.clone());
-    let store: Arc<dyn Store> = match &cfg.store {
-        StoreConfig::Embedded(sc) => {
-            let opts = StoreOptions {
-                data_dir: sc.data_dir.clone(),
-                fsync: sc.fsync,
-                fsync_interval: sc.fsync_interval.0,
-                segment_bytes: sc.segment_bytes,
-                retention: sc.retention.map(|r| r.0),
-                max_record_bytes: sc.max_record_bytes,
-            };
-            let store = EmbeddedStore::open(opts)
-                .with_context(|| format!("opening the store in {}", sc.data_dir.display()))?;
-            tracing::info!(data_dir = %sc.data_dir.display(), fsync = ?sc.fsync, "store opened");
-            Arc::new(store)
-        }
-        StoreConfig::Kafka(kc) => {
-            let store = evmesh_connector_kafka::KafkaStore::open(kc)
-                .await
-                .with_context(|| format!("connecting to the Kafka store at {}", kc.brokers))?;
-            tracing::info!(brokers = %kc.brokers, topic_prefix = %kc.topic_prefix, "kafka store opened");
-            Arc::new(store)
-        }
-    };
+    let data_dir = std::path::absolute(&cfg.store.data_dir)
+        .with_context(|| format!("resolving {}", cfg.store.data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let state: Arc<dyn StateStore> = Arc::new(
+        StateDir::open(&data_dir)
+            .with_context(|| format!("opening the state in {}", data_dir.display()))?,
+    );
+    let log: Arc<dyn EventLog> = plan
+        .log
+        .open(LogContext {
+            data_dir: data_dir.clone(),
+            state: state.clone(),
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
     let drain = cfg.server.shutdown_timeout.0;
     let engine = evmesh_plugin_host::PluginEngine::new(Some(&data_dir.join("plugin-cache")))
         .context("starting the WASM plugin engine")?;
@@ -271,8 +223,9 @@ async fn serve(
         Some(Duration::from_secs(1)),
     ));
     let supervisor = Supervisor::new(
-        store.clone(),
-        sink_factory(),
+        log.clone(),
+        state.clone(),
+        plan::sink_factory(),
         cfg.delivery.clone(),
         drain,
         Some(loader),
@@ -283,7 +236,7 @@ async fn serve(
             .await
             .with_context(|| format!("starting subscription {:?}", s.name))?;
     }
-    for s in store.load_api_subscriptions()? {
+    for s in admin::load_api_subscriptions(state.as_ref())? {
         if cfg.subscriptions.iter().any(|c| c.name == s.name) {
             tracing::warn!(subscription = %s.name, "an API-created subscription has the name of a config one; the config one wins");
             continue;
@@ -294,42 +247,53 @@ async fn serve(
     }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let publisher = PublishPath::new(log.clone());
     let mut sources = Vec::new();
-    for src in &cfg.sources {
-        match src {
-            config::SourceConfig::Kafka(k) => {
-                let source = evmesh_connector_kafka::KafkaSource::new(k)
-                    .with_context(|| format!("starting source {:?}", k.name))?;
-                sources.push(tokio::spawn(source.run(store.clone(), stop_rx.clone())));
-            }
-        }
+    for (name, src) in plan.sources {
+        let source = src
+            .build(&name)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("starting source {name:?}"))?;
+        let cx = SourceContext {
+            name,
+            publisher: publisher.clone() as Arc<dyn Publish>,
+            stop: stop_rx.clone(),
+        };
+        sources.push(tokio::spawn(source.run(cx)));
     }
-    let ingest = Ingest::new(
-        store.clone(),
-        IngestOptions {
-            max_body_bytes: cfg.server.max_body_bytes,
-        },
-    );
-    let http = evmesh_ingress::serve(&cfg.server.http, ingest, stop_rx.clone(), drain).await?;
-    tracing::info!("http ingest listening on {}", http.addr);
-    let admin_state =
-        admin::Admin::new(store.clone(), supervisor.clone(), cfg.server.max_body_bytes);
-    let admin =
-        evmesh_ingress::serve(&cfg.server.admin, admin_state, stop_rx.clone(), drain).await?;
-    tracing::info!("admin listening on {}", admin.addr);
+    let lcx = ListenerContext {
+        publisher,
+        supervisor: supervisor.clone(),
+        log: log.clone(),
+        state,
+        max_body_bytes: cfg.server.max_body_bytes,
+        drain,
+        stop: stop_rx.clone(),
+    };
+    let mut listeners = Vec::new();
+    for (key, l) in plan.listeners {
+        let h = l
+            .start(lcx.clone())
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("starting the {key} listener (server.{key})"))?;
+        tracing::info!("{} listening on {}", l.label(), h.addr);
+        listeners.push(h);
+    }
     let gc = supervisor.spawn_gc(Duration::from_secs(5), stop_rx.clone());
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new requests; finishing in-flight deliveries");
     let _ = stop_tx.send(true);
-    let _ = http.task.await;
-    let _ = admin.task.await;
+    for l in listeners {
+        let _ = l.task.await;
+    }
     for s in sources {
         let _ = s.await;
     }
     supervisor.shutdown().await;
     let _ = gc.await;
-    store.close().await;
+    log.close().await;
     tracing::info!("shutdown complete");
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -2,9 +2,7 @@
 //! an attempt's timeout covers, offsets after a power loss, and events the store cannot take.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -1,10 +1,11 @@
 //! The CLI: `validate` and start-up errors.
 #![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
+use evmesh_test_kit::evmesh_bin;
 use std::process::Command;
 
 fn evmesh() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_evmesh"))
+    Command::new(evmesh_bin())
 }
 
 #[test]

@@ -2,9 +2,7 @@
 //! reaches a webhook unchanged, every invalid one is refused with a 4xx and never delivered.
 #![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use serde_json::Value;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,9 +1,7 @@
 //! Crash safety: `kill -9` mid-stream and damaged segments, through the real binary.
 #![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,7 +153,7 @@ async fn corrupted_segment_is_quarantined_reported_and_found_by_fsck() {
     bytes[200] ^= 0x5a;
     std::fs::write(&seg, &bytes).unwrap();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+    let out = std::process::Command::new(evmesh_bin())
         .args(["fsck", "--data-dir"])
         .arg(&data)
         .output()
@@ -183,7 +181,7 @@ async fn corrupted_segment_is_quarantined_reported_and_found_by_fsck() {
             .contains(&"after".to_string()))
         .await
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+    let out = std::process::Command::new(evmesh_bin())
         .args(["fsck", "--data-dir"])
         .arg(&data)
         .output()

@@ -1,9 +1,7 @@
 //! Delivery semantics, end to end through the real binary and real HTTP receivers.
 #![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,9 +1,7 @@
 //! Filter dialects and transforms through the real binary.
 #![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -184,7 +182,7 @@ fn invalid_cesql_and_patterns_are_refused_at_load_with_their_paths() {
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+    let out = std::process::Command::new(evmesh_bin())
         .arg("validate")
         .arg(&file)
         .output()

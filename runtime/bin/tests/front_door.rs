@@ -3,9 +3,7 @@
 //! folder, and the environment of a Kubernetes pod.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -184,7 +182,7 @@ async fn unsafe_subscription_names_are_refused_and_the_store_is_untouched() {
     assert_eq!(publish(&c, &ev, "t", "after", &[]).await, 202);
     assert!(wait_until(WAIT, || rx.count() == 2).await);
     // A config file with such a name does not start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+    let out = std::process::Command::new(evmesh_bin())
         .arg("validate")
         .arg({
             let p = dir.path().join("bad.yaml");

@@ -8,13 +8,13 @@
 //! Kafka this setting is not needed.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
-use evmesh_test_tansu::Tansu;
+use evmesh_test_kit::compliance::{check_sink, check_source};
+use evmesh_test_kit::*;
+use evmesh_test_tansu::compliance::KafkaHarness;
+use evmesh_test_tansu::{produce, producer, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::Headers;
+use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -74,36 +74,6 @@ fn read_all(
         }
     }
     out
-}
-
-fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("batch.num.messages", "1")
-        .set("linger.ms", "0")
-        .create()
-        .unwrap()
-}
-
-fn produce(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: Option<&str>,
-    headers: &[(&str, &str)],
-    value: &str,
-) {
-    let mut h = OwnedHeaders::new();
-    for (k, v) in headers {
-        h = h.insert(Header {
-            key: k,
-            value: Some(*v),
-        });
-    }
-    let mut r: BaseRecord<'_, str, str> = BaseRecord::to(topic).headers(h).payload(value);
-    if let Some(k) = key {
-        r = r.key(k);
-    }
-    p.send(r).map_err(|(e, _)| e).unwrap();
 }
 
 fn sink_sub(name: &str, topic: &str, brokers: &str, kafka_topic: &str, extra_sink: &str) -> String {
@@ -699,4 +669,18 @@ async fn a_source_record_too_large_to_store_is_dead_lettered_and_the_rest_flows(
     assert!(reason.contains("larger than the store accepts"), "{reason}");
     assert_eq!(dead[0]["deadlettersource"], "big");
     assert_eq!(dead[0]["kafkaoffset"], 1, "{}", dead[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_sink_passes_the_connector_compliance_kit() {
+    let h = KafkaHarness::new(Tansu::start());
+    let dir = tempfile::tempdir().unwrap();
+    check_sink(&h, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_source_passes_the_connector_compliance_kit() {
+    let h = KafkaHarness::new(Tansu::start());
+    let dir = tempfile::tempdir().unwrap();
+    check_source(&h, dir.path()).await;
 }

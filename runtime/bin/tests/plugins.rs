@@ -1,9 +1,7 @@
 //! WASM plugins end to end: example plugins built from source, loaded by the real binary.
 #![allow(clippy::unwrap_used)] // helpers of a test crate: a panic is a failed test
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -249,7 +247,7 @@ fn a_transform_plugin_used_as_a_filter_is_a_config_error() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evmesh"))
+    let out = std::process::Command::new(evmesh_bin())
         .arg("validate")
         .arg(&file)
         .output()

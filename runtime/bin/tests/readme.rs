@@ -3,9 +3,7 @@
 //! the default ports (the first block is that command; the test runs the binary it built).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::*;
+use evmesh_test_kit::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};

@@ -62,14 +62,54 @@ pub struct Delivered {
     pub reply: Option<Event>,
 }
 
+/// What a sink knows of its own health, for readiness checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkHealth {
+    /// Nothing known yet (no delivery attempted, nothing probed).
+    Unknown,
+    /// The last attempts went through.
+    Ready,
+    /// The destination is failing; why.
+    Unhealthy(String),
+}
+
 /// A running sink. Built from its config; shared by every delivery of a subscription.
 pub trait Sink: Send + Sync + 'static {
-    /// One attempt to deliver one event, bounded by `timeout`.
+    /// One attempt to deliver one event; the attempt (not any wait for a free connection)
+    /// is bounded by `timeout`.
     fn deliver<'a>(
         &'a self,
         event: &'a Event,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Delivered, SinkError>>;
+
+    /// One attempt to deliver several events, one result per event in order. Sinks whose
+    /// protocol batches (Kafka, a webhook taking `application/cloudevents-batch+json`)
+    /// override it; the default delivers them one by one.
+    fn deliver_batch<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Vec<Result<Delivered, SinkError>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(events.len());
+            for e in events {
+                out.push(self.deliver(e, timeout).await);
+            }
+            out
+        })
+    }
+
+    /// What the sink knows of its destination's health.
+    fn health(&self) -> SinkHealth {
+        SinkHealth::Unknown
+    }
+
+    /// Flushes what the sink holds (buffers, producer queues) at shutdown, then releases
+    /// its connections. Deliveries are finished before this is called.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 
     /// A short description for logs (`webhook http://…`).
     fn describe(&self) -> String;

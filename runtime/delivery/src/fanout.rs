@@ -11,7 +11,7 @@
 //! another, and none ever misses an event.
 
 use evmesh_router::{Route, TopicIndex};
-use evmesh_store::{Store, StoredEvent};
+use evmesh_store::{LocalTopic, StoredEvent};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,8 +126,8 @@ impl TopicFanout {
     }
 
     /// Reads the topic once for everyone in sync, until `stop`.
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut stop: watch::Receiver<bool>) {
-        let mut end_rx = store.watch_end(&self.topic);
+    pub async fn run(self: Arc<Self>, local: Arc<dyn LocalTopic>, mut stop: watch::Receiver<bool>) {
+        let mut end_rx = local.watch_end();
         let mut matched: Vec<usize> = Vec::new();
         loop {
             if *stop.borrow() {
@@ -157,7 +157,7 @@ impl TopicFanout {
                 }
                 continue;
             };
-            let batch = match store.read(&self.topic, pos, READ_BATCH).await {
+            let batch = match local.read(pos, READ_BATCH).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(topic = %self.topic, error = %e, "shared read failed; members fall back to their own reads");
@@ -226,7 +226,7 @@ impl Fanouts {
     pub fn get(
         &self,
         topic: &str,
-        store: &Arc<dyn Store>,
+        local: &Arc<dyn LocalTopic>,
         stop: &watch::Receiver<bool>,
     ) -> Option<Arc<TopicFanout>> {
         let mut map = self.map.lock().ok()?;
@@ -236,14 +236,14 @@ impl Fanouts {
         let f = Arc::new(TopicFanout {
             topic: topic.to_owned(),
             state: Mutex::new(State {
-                pos: *store.watch_end(topic).borrow(),
+                pos: *local.watch_end().borrow(),
                 members: HashMap::new(),
                 index: Arc::new(TopicIndex::default()),
                 names: Arc::new(Vec::new()),
                 gen: 0,
             }),
         });
-        tokio::spawn(f.clone().run(store.clone(), stop.clone()));
+        tokio::spawn(f.clone().run(local.clone(), stop.clone()));
         map.insert(topic.to_owned(), f.clone());
         Some(f)
     }

@@ -2,12 +2,14 @@
 //! retried per the subscription's policy, on the real embedded store, in-process.
 #![allow(clippy::unwrap_used)]
 
-use evmesh_core::config::{FsyncPolicy, SinkConfig, SubscriptionConfig};
+use evmesh_core::component::ComponentSpec;
+use evmesh_core::config::SubscriptionConfig;
 use evmesh_core::sink::{Delivered, Sink, SinkError};
 use evmesh_core::Event;
 use evmesh_delivery::Supervisor;
+use evmesh_log::{EmbeddedLog, FsyncPolicy, LogOptions, MAX_RECORD_BYTES};
 use evmesh_router::Origin;
-use evmesh_store::{EmbeddedStore, Store, StoreOptions, MAX_RECORD_BYTES};
+use evmesh_store::{EventLog, StateDir, StateStore};
 use futures_util::future::BoxFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,31 +43,42 @@ impl Sink for Panicky {
     }
 }
 
-async fn run(panics: usize, retry: u32) -> (usize, usize, Arc<dyn Store>, Arc<Supervisor>) {
+async fn run(panics: usize, retry: u32) -> (usize, usize, Arc<dyn EventLog>, Arc<Supervisor>) {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(StoreOptions {
-            data_dir: dir.path().to_owned(),
-            fsync: FsyncPolicy::Never,
-            fsync_interval: Duration::from_millis(10),
-            segment_bytes: 1 << 20,
-            retention: None,
-            max_record_bytes: MAX_RECORD_BYTES,
-        })
+    let state: Arc<dyn StateStore> = Arc::new(StateDir::open(dir.path()).unwrap());
+    let store: Arc<dyn EventLog> = Arc::new(
+        EmbeddedLog::open(
+            LogOptions {
+                data_dir: dir.path().to_owned(),
+                fsync: FsyncPolicy::Never,
+                fsync_interval: Duration::from_millis(10),
+                segment_bytes: 1 << 20,
+                retention: None,
+                max_record_bytes: MAX_RECORD_BYTES,
+            },
+            state.as_ref(),
+        )
         .unwrap(),
     );
     let calls = Arc::new(AtomicUsize::new(0));
     let delivered = Arc::new(AtomicUsize::new(0));
     let (c2, d2) = (calls.clone(), delivered.clone());
-    let factory: evmesh_delivery::SinkFactory = Arc::new(move |_: &SinkConfig| {
+    let factory: evmesh_delivery::SinkFactory = Arc::new(move |_, _| {
         Ok(Arc::new(Panicky {
             panics,
             calls: c2.clone(),
             delivered: d2.clone(),
         }) as Arc<dyn Sink>)
     });
-    let sup = Supervisor::new(store.clone(), factory, None, Duration::from_secs(5), None);
-    let mut sub = SubscriptionConfig::new("s", "t", SinkConfig::webhook("http://127.0.0.1:1/"));
+    let sup = Supervisor::new(
+        store.clone(),
+        state,
+        factory,
+        None,
+        Duration::from_secs(5),
+        None,
+    );
+    let mut sub = SubscriptionConfig::new("s", "t", ComponentSpec::webhook("http://127.0.0.1:1/"));
     sub.delivery = Some(evmesh_core::config::DeliverySpec {
         retry,
         backoff_delay: evmesh_core::duration::IsoDuration(Duration::from_millis(10)),
@@ -79,7 +92,7 @@ async fn run(panics: usize, retry: u32) -> (usize, usize, Arc<dyn Store>, Arc<Su
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::time::Instant::now() < deadline {
         let done = delivered.load(Ordering::SeqCst) == 1
-            || !sup.dead_letters("s").await.unwrap().0.is_empty();
+            || !sup.dead_letters("s").await.unwrap().is_empty();
         if done {
             break;
         }
@@ -99,7 +112,7 @@ async fn an_attempt_lost_to_a_panicking_sink_is_dispatched_again() {
     let (calls, delivered, _, sup) = run(2, 5).await;
     assert_eq!(delivered, 1, "the event was never dispatched again");
     assert_eq!(calls, 3);
-    assert!(sup.dead_letters("s").await.unwrap().0.is_empty());
+    assert!(sup.dead_letters("s").await.unwrap().is_empty());
     sup.shutdown().await;
 }
 
@@ -108,7 +121,7 @@ async fn lost_attempts_count_against_the_retry_budget() {
     let (calls, delivered, _, sup) = run(usize::MAX, 2).await;
     assert_eq!(delivered, 0);
     assert_eq!(calls, 3, "1 attempt + 2 retries");
-    let (dead, _) = sup.dead_letters("s").await.unwrap();
+    let dead = sup.dead_letters("s").await.unwrap();
     assert_eq!(dead.len(), 1);
     sup.shutdown().await;
 }

@@ -1,18 +1,74 @@
-//! HTTP ingest: `POST /topics/{topic}` takes CloudEvents in binary, structured and batched mode
-//! and answers `202` only once the store has made them durable.
+//! The ways in. [`PublishPath`] is the one publish path (validate → append → answer when
+//! durable) that every listener and source shares; [`listener`] is the seam a listener plugs
+//! into; [`server`] is the HTTP server loop (HTTP/1.1 and h2c); and this module is HTTP ingest:
+//! `POST /topics/{topic}` takes CloudEvents in binary, structured and batched mode and answers
+//! `202` only once the store has made them durable.
 
+pub mod listener;
+mod publish;
 pub mod server;
 
 use bytes::Bytes;
-use evmesh_core::config::validate_topic;
+use evmesh_core::component::{Check, Kind};
+use evmesh_core::config::ConfigError;
+use evmesh_core::publish::PublishError;
 use evmesh_core::{format, http_binding, DecodeError, Event};
-use evmesh_store::{Store, StoreError};
+use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use listener::{ListenAddress, ListenerConfig, ListenerContext, ListenerHandle};
 use std::sync::Arc;
 
+pub use publish::PublishPath;
 pub use server::{serve, Handler, ServerHandle};
+
+/// `server.http`: the HTTP ingest listener's address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct HttpIngestConfig(pub ListenAddress);
+
+impl Kind for HttpIngestConfig {
+    const KIND: &'static str = "http";
+}
+
+impl Check for HttpIngestConfig {
+    fn check(&self) -> Vec<ConfigError> {
+        self.0.check()
+    }
+}
+
+impl HttpIngestConfig {
+    /// EventMesh's HTTP port.
+    pub fn default_value() -> serde_yaml::Value {
+        "127.0.0.1:10105".into()
+    }
+}
+
+impl ListenerConfig for HttpIngestConfig {
+    fn label(&self) -> &'static str {
+        "http ingest"
+    }
+
+    fn start(&self, cx: ListenerContext) -> BoxFuture<'static, Result<ListenerHandle, String>> {
+        let addr = self.0 .0.clone();
+        Box::pin(async move {
+            let ingest = Ingest::new(
+                cx.publisher.clone(),
+                IngestOptions {
+                    max_body_bytes: cx.max_body_bytes,
+                },
+            );
+            let h = serve(&addr, ingest, cx.stop.clone(), cx.drain)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(ListenerHandle {
+                addr: h.addr,
+                task: h.task,
+            })
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -32,7 +88,7 @@ pub struct IngestOptions {
 
 /// The ingest request handler.
 pub struct Ingest {
-    store: Arc<dyn Store>,
+    publisher: Arc<PublishPath>,
     opts: IngestOptions,
 }
 
@@ -169,8 +225,8 @@ fn unsupported(mt: &str) -> Resp {
 }
 
 impl Ingest {
-    pub fn new(store: Arc<dyn Store>, opts: IngestOptions) -> Arc<Self> {
-        Arc::new(Ingest { store, opts })
+    pub fn new(publisher: Arc<PublishPath>, opts: IngestOptions) -> Arc<Self> {
+        Arc::new(Ingest { publisher, opts })
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
@@ -197,7 +253,7 @@ impl Ingest {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return r;
         }
-        if let Err(e) = validate_topic(&topic) {
+        if let Err(e) = evmesh_core::config::validate_topic(&topic) {
             return error(StatusCode::BAD_REQUEST, e);
         }
         if let Mode::Unsupported(mt) = mode(req.headers()) {
@@ -211,7 +267,7 @@ impl Ingest {
             Ok(e) => e,
             Err(resp) => return *resp,
         };
-        match self.store.append(&topic, &events).await {
+        match self.publisher.publish(&topic, &events).await {
             Ok(ack) => {
                 let body = format!(
                     r#"{{"accepted":{},"firstOffset":{}}}"#,
@@ -225,26 +281,23 @@ impl Ingest {
                 );
                 r
             }
-            Err(StoreError::TooLarge(n)) => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("event of {n} bytes is too large"),
-            ),
-            Err(e) => {
-                tracing::error!(topic = %topic, error = %e, "storing events failed");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the events were not stored: {e}"),
-                )
-            }
+            Err(e) => publish_error(&e),
         }
     }
 }
 
+/// The HTTP answer to a failed publish.
+pub fn publish_error(e: &PublishError) -> Resp {
+    let status = match e {
+        PublishError::Invalid(_) => StatusCode::BAD_REQUEST,
+        PublishError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        PublishError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
 impl Handler for Ingest {
-    fn call(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> futures_util::future::BoxFuture<'static, Resp> {
+    fn call(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<'static, Resp> {
         Box::pin(async move { self.handle(req).await })
     }
 }

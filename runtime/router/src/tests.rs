@@ -1,5 +1,5 @@
 use super::*;
-use evmesh_core::config::SinkConfig;
+use evmesh_core::component::ComponentSpec;
 use evmesh_core::{Data, DataKind, ExtValue};
 use proptest::prelude::*;
 use serde_json::json;
@@ -9,7 +9,7 @@ fn sub(filters: Vec<FilterConfig>, delivery: Option<DeliverySpec>) -> Subscripti
         filters,
         delivery,
         max_in_flight: 1,
-        ..SubscriptionConfig::new("s", "t", SinkConfig::webhook("http://x/"))
+        ..SubscriptionConfig::new("s", "t", ComponentSpec::webhook("http://x/"))
     }
 }
 

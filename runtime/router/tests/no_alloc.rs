@@ -2,7 +2,8 @@
 //! with up to three function arguments, attribute-only patterns), and neither does the index.
 #![allow(clippy::unwrap_used)]
 
-use evmesh_core::config::{FilterConfig, SinkConfig, SubscriptionConfig};
+use evmesh_core::component::ComponentSpec;
+use evmesh_core::config::{FilterConfig, SubscriptionConfig};
 use evmesh_core::Event;
 use evmesh_router::{Origin, Route, TopicIndex};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
@@ -15,7 +16,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 fn route(i: usize, filters: serde_json::Value) -> Arc<Route> {
     let cfg = SubscriptionConfig {
         filters: serde_json::from_value::<Vec<FilterConfig>>(filters).unwrap(),
-        ..SubscriptionConfig::new(format!("s{i}"), "t", SinkConfig::webhook("http://x/"))
+        ..SubscriptionConfig::new(format!("s{i}"), "t", ComponentSpec::webhook("http://x/"))
     };
     Arc::new(Route::compile(cfg, Origin::Config, None).unwrap())
 }

@@ -1,16 +1,16 @@
-//! Small state files beside the events: subscription cursors and the subscriptions created
-//! through the admin API. Every file is replaced atomically (write, fsync, rename).
+//! The state store in files beside the events: consumers' cursors and the documents the
+//! runtime keeps (the subscriptions created through the admin API). Every file is replaced
+//! atomically (write, fsync, rename).
 
-use crate::{CursorState, StoreError};
-use evmesh_core::config::SubscriptionConfig;
+use crate::{CursorState, StateStore, StoreError};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// ```text
-/// <dir>/subscriptions/<name>/<topic>.cursor.json
-/// <dir>/subscriptions.json
+/// <dir>/subscriptions/<consumer>/<topic>.cursor.json
+/// <dir>/<document>                      (subscriptions.json: the API-made subscriptions)
 /// ```
 #[derive(Debug)]
 pub struct StateDir {
@@ -30,6 +30,10 @@ impl StateDir {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn cursor_path(&self, sub: &str, topic: &str) -> Result<PathBuf, StoreError> {
         safe_component(sub)?;
         safe_component(topic)?;
@@ -39,14 +43,16 @@ impl StateDir {
             .join(sub)
             .join(format!("{topic}.cursor.json")))
     }
+}
 
-    pub fn load_cursor(&self, sub: &str, topic: &str) -> Result<Option<CursorState>, StoreError> {
+impl StateStore for StateDir {
+    fn load_cursor(&self, sub: &str, topic: &str) -> Result<Option<CursorState>, StoreError> {
         read_json(&self.cursor_path(sub, topic)?)
     }
 
     /// Every saved cursor: `(subscription, topic, committed)`. Unreadable files are skipped
     /// (fsck reports them).
-    pub fn all_cursors(&self) -> Vec<(String, String, u64)> {
+    fn cursors(&self) -> Vec<(String, String, u64)> {
         let mut out = Vec::new();
         let Ok(subs) = fs::read_dir(self.dir.join("subscriptions")) else {
             return out;
@@ -66,12 +72,7 @@ impl StateDir {
         out
     }
 
-    pub fn save_cursor(
-        &self,
-        sub: &str,
-        topic: &str,
-        state: &CursorState,
-    ) -> Result<(), StoreError> {
+    fn save_cursor(&self, sub: &str, topic: &str, state: &CursorState) -> Result<(), StoreError> {
         let path = self.cursor_path(sub, topic)?;
         let bytes = serde_json::to_vec(state).map_err(|e| StoreError::State {
             path: path.clone(),
@@ -81,7 +82,7 @@ impl StateDir {
         write_atomic(&path, &bytes)
     }
 
-    pub fn delete_subscription(&self, sub: &str) -> Result<(), StoreError> {
+    fn delete_consumer(&self, sub: &str) -> Result<(), StoreError> {
         safe_component(sub)?;
         let dir = self.dir.join("subscriptions").join(sub);
         let _g = self.lock.lock().map_err(|_| crate::lock_poisoned())?;
@@ -92,18 +93,20 @@ impl StateDir {
         }
     }
 
-    pub fn load_api_subscriptions(&self) -> Result<Vec<SubscriptionConfig>, StoreError> {
-        Ok(read_json(&self.dir.join("subscriptions.json"))?.unwrap_or_default())
+    fn load_document(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        safe_component(name)?;
+        let path = self.dir.join(name);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+        }
     }
 
-    pub fn save_api_subscriptions(&self, subs: &[SubscriptionConfig]) -> Result<(), StoreError> {
-        let path = self.dir.join("subscriptions.json");
-        let bytes = serde_json::to_vec_pretty(subs).map_err(|e| StoreError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+    fn save_document(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        safe_component(name)?;
         let _g = self.lock.lock().map_err(|_| crate::lock_poisoned())?;
-        write_atomic(&path, &bytes)
+        write_atomic(&self.dir.join(name), bytes)
     }
 }
 
@@ -159,12 +162,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
         for bad in ["", ".", "..", "a/b", "../x", "a\\b"] {
-            assert!(state.delete_subscription(bad).is_err(), "{bad:?}");
+            assert!(state.delete_consumer(bad).is_err(), "{bad:?}");
             assert!(state.load_cursor(bad, "t").is_err(), "{bad:?}");
             assert!(state.load_cursor("s", bad).is_err(), "{bad:?}");
         }
         // Nothing was removed: the state folder is still there.
         assert!(dir.path().join("subscriptions").is_dir());
-        assert!(state.delete_subscription("ok.name").is_ok());
+        assert!(state.delete_consumer("ok.name").is_ok());
+        state.save_document("doc.json", b"[1]").unwrap();
+        assert_eq!(state.load_document("doc.json").unwrap().unwrap(), b"[1]");
+        assert!(state.load_document("../x").is_err());
     }
 }

@@ -6,6 +6,11 @@
 //! `scripts/kafka-broker.sh install` (a one-time build of about 20-25 minutes; concurrent
 //! callers wait on a lock). A test that cannot get a broker fails; it is never skipped.
 
+pub mod compliance;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::ClientConfig;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -131,5 +136,39 @@ impl Tansu {
 impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A producer that writes one record per batch (what tansu 0.6 needs; see `docs/kafka.md`).
+pub fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .create()
+        .expect("creating a test producer")
+}
+
+/// Produces one record with headers; panics if the producer's queue refuses it.
+pub fn produce(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    value: &str,
+) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let mut r: BaseRecord<'_, str, str> = BaseRecord::to(topic).headers(h).payload(value);
+    if let Some(k) = key {
+        r = r.key(k);
+    }
+    if let Err((e, _)) = p.send(r) {
+        panic!("producing a test record to {topic}: {e}");
     }
 }

@@ -1,9 +1,14 @@
-//! `evmesh bench`: throughput and latency of the real server over loopback.
+//! `evmesh-bench`: throughput and latency of the real `evmesh` binary over loopback.
 //!
-//! Every scenario starts a fresh server as a child process (this same binary) and drives it
-//! with `--connections` keep-alive HTTP/1.1 connections for `--seconds`. The baseline is a bare
-//! hyper server that reads the body and answers 202, measured in the same run, so the figures
-//! can be read as a fraction of what the machine's HTTP stack allows.
+//! Every scenario starts a fresh server as a child process (the `evmesh` binary built beside
+//! this one, or `--evmesh PATH`) and drives it with `--connections` keep-alive HTTP/1.1
+//! connections for `--seconds`. The baseline is a bare hyper server (this binary with
+//! `--bare-server`) that reads the body and answers 202, measured in the same run, so the
+//! figures can be read as a fraction of what the machine's HTTP stack allows.
+//!
+//! The subscription matcher and the WASM filter have in-process micro-benchmarks of their own:
+//! `cargo bench -p evmesh-router --bench matcher` and `cargo bench -p evmesh-plugin-host
+//! --bench wasm`.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -17,8 +22,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-#[derive(clap::Args)]
+#[derive(clap::Parser)]
+#[command(
+    name = "evmesh-bench",
+    about = "Throughput and latency of the real evmesh binary over loopback"
+)]
 pub struct BenchArgs {
+    /// The evmesh binary (default: the one beside this binary).
+    #[arg(long)]
+    evmesh: Option<std::path::PathBuf>,
     /// Concurrent keep-alive connections.
     #[arg(long, default_value_t = 256)]
     connections: usize,
@@ -32,15 +44,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, batch, e2e,
-    /// e2e-batch, match (the subscription matcher, in-process, 1 / 100 / 10,000
-    /// subscriptions), wasm, e2e-filter-none/builtin/wasm, kafka-sink, kafka-store-ingest,
+    /// e2e-batch, e2e-filter-none/builtin/wasm, kafka-sink, kafka-store-ingest,
     /// kafka-store-e2e (these three need --kafka).
-    #[arg(
-        long,
-        default_value = "bare,binary-always,binary-interval,batch,e2e,match"
-    )]
+    #[arg(long, default_value = "bare,binary-always,binary-interval,batch,e2e")]
     scenarios: String,
-    /// A WASM filter component for the `wasm` and `e2e-filter-*` scenarios (e.g. the example
+    /// A WASM filter component for the `e2e-filter-wasm` scenario (e.g. the example
     /// `plugins/examples/target/wasm32-wasip2/release/json_field_filter.wasm`).
     #[arg(long)]
     plugin: Option<std::path::PathBuf>,
@@ -48,9 +56,32 @@ pub struct BenchArgs {
     /// scenarios (e.g. a broker from `scripts/kafka-broker.sh start`).
     #[arg(long)]
     kafka: Option<String>,
-    /// Internal: run the bare baseline server and print its address.
-    #[arg(long, hide = true)]
+    /// Run only the bare baseline server and print its address (the other scenarios start
+    /// it this way).
+    #[arg(long)]
     bare_server: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let args = BenchArgs::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("evmesh-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("evmesh-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 struct Report {
@@ -89,7 +120,7 @@ impl Report {
     }
 }
 
-pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
+async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     if args.bare_server {
         bare_server().await?;
         return Ok(std::process::ExitCode::SUCCESS);
@@ -111,7 +142,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     for scenario in args.scenarios.split(',').map(str::trim) {
         let report = match scenario {
             "bare" => {
-                let mut child = spawn(&["bench", "--bare-server"], &[])?;
+                let mut child = spawn(&self_exe()?, &["--bare-server"], &[])?;
                 let addr = wait_addr(&mut child, "bare server listening on ")?;
                 let r = drive(
                     "bare-hyper",
@@ -127,8 +158,13 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
             }
             "binary-always" | "binary-interval" => {
                 let policy = scenario.trim_start_matches("binary-");
-                let (mut child, addr) =
-                    evmesh(&dir, scenario, &[("EVMESH_STORE__FSYNC", policy)], "")?;
+                let (mut child, addr) = evmesh(
+                    &args,
+                    &dir,
+                    scenario,
+                    &[("EVMESH_STORE__FSYNC", policy)],
+                    "",
+                )?;
                 let mut r = drive(scenario, addr, &args, binary_request(payload.clone()), 1).await;
                 stop_graceful(&mut child);
                 if let Some(b) = bare_rps {
@@ -140,7 +176,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 r
             }
             "batch" => {
-                let (mut child, addr) = evmesh(&dir, scenario, &[], "")?;
+                let (mut child, addr) = evmesh(&args, &dir, scenario, &[], "")?;
                 let body = batch_body(args.batch);
                 let req = move |_: u64| {
                     (
@@ -176,10 +212,6 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 );
                 e2e(&dir, &args, payload.clone(), true, &f, scenario).await?
             }
-            "wasm" => {
-                wasm_bench(args.plugin.as_deref());
-                continue;
-            }
             "kafka-sink" | "kafka-store-ingest" | "kafka-store-e2e" => {
                 let Some(brokers) = args.kafka.clone() else {
                     println!("{scenario:<16} skipped: pass --kafka HOST:PORT (scripts/kafka-broker.sh start)");
@@ -194,7 +226,7 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 match scenario {
                     "kafka-sink" => kafka_sink(&dir, &args, &brokers, payload.clone()).await?,
                     "kafka-store-ingest" => {
-                        let (mut child, addr) = evmesh(&dir, scenario, &[], &store)?;
+                        let (mut child, addr) = evmesh(&args, &dir, scenario, &[], &store)?;
                         let mut r =
                             drive(scenario, addr, &args, binary_request(payload.clone()), 1).await;
                         stop_graceful(&mut child);
@@ -214,10 +246,6 @@ pub async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                         .await?
                     }
                 }
-            }
-            "match" => {
-                matcher_bench();
-                continue;
             }
             other => bail!("unknown scenario {other:?}"),
         };
@@ -265,8 +293,27 @@ fn batch_body(n: usize) -> Bytes {
     Bytes::from(s)
 }
 
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Child> {
-    let exe = std::env::current_exe().context("locating the evmesh binary")?;
+fn self_exe() -> Result<std::path::PathBuf> {
+    std::env::current_exe().context("locating evmesh-bench")
+}
+
+/// The evmesh binary: `--evmesh`, or the one cargo built beside this binary.
+fn evmesh_exe(args: &BenchArgs) -> Result<std::path::PathBuf> {
+    if let Some(p) = &args.evmesh {
+        return Ok(p.clone());
+    }
+    let me = self_exe()?;
+    let bin = me.with_file_name("evmesh");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release -p evmesh) or pass --evmesh",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn spawn(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Result<Child> {
     let mut c = Command::new(exe);
     c.args(args)
         .stdin(Stdio::null())
@@ -316,6 +363,7 @@ fn stop_graceful(child: &mut Child) {
 }
 
 fn evmesh(
+    args: &BenchArgs,
     dir: &std::path::Path,
     name: &str,
     env: &[(&str, &str)],
@@ -332,7 +380,11 @@ fn evmesh(
     all.extend_from_slice(env);
     let data_s = data.display().to_string();
     let cfg_s = cfg.display().to_string();
-    let mut child = spawn(&["serve", "--config", &cfg_s, "--data-dir", &data_s], &all)?;
+    let mut child = spawn(
+        &evmesh_exe(args)?,
+        &["serve", "--config", &cfg_s, "--data-dir", &data_s],
+        &all,
+    )?;
     let addr = wait_addr(&mut child, "http ingest listening on ")?;
     Ok((child, addr))
 }
@@ -441,7 +493,7 @@ async fn kafka_sink(
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
     let topic = format!("evmesh-bench-sink-{}", std::process::id());
-    evmesh_connector_kafka::ensure_topic(brokers, &Default::default(), &topic, 3, 1).await?;
+    ensure_topic(brokers, &topic, 3).await?;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("{topic}-reader"))
@@ -476,7 +528,7 @@ async fn kafka_sink(
     let cfg = format!(
         "subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 1024\n    sink: {{ type: kafka, brokers: \"{brokers}\", topic: {topic} }}\n"
     );
-    let (mut child, addr) = evmesh(dir, "kafka-sink", &[], &cfg)?;
+    let (mut child, addr) = evmesh(args, dir, "kafka-sink", &[], &cfg)?;
     let start = Instant::now();
     let ingest = drive("kafka-sink", addr, args, binary_request(payload), 1).await;
     let drain_deadline = Instant::now() + Duration::from_secs(180);
@@ -520,19 +572,29 @@ async fn e2e_with(
     let hook = listener.local_addr()?;
     let received = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
-    let (r2, l2) = (received.clone(), lat.clone());
+    // Distinct ids, so duplicate deliveries show as such (single-event scenarios: every
+    // request has its own id).
+    let ids = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
+    let (r2, l2, i2) = (received.clone(), lat.clone(), ids.clone());
     let server = tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
-            let (r, l) = (r2.clone(), l2.clone());
+            let (r, l, i) = (r2.clone(), l2.clone(), i2.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let (r, l) = (r.clone(), l.clone());
+                    let (r, l, i) = (r.clone(), l.clone(), i.clone());
                     async move {
                         let sent: Option<u128> = req
                             .headers()
                             .get("ce-benchts")
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.parse().ok());
+                        if let Some(id) = req.headers().get("ce-id").and_then(|v| v.to_str().ok()) {
+                            if let Ok(mut i) = i.lock() {
+                                i.insert(id.to_owned());
+                            }
+                        }
                         let _ = req.into_body().collect().await;
                         r.fetch_add(1, Ordering::Relaxed);
                         if let Some(sent) = sent {
@@ -558,7 +620,7 @@ async fn e2e_with(
     let cfg = format!(
         "{store}subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n{filters}    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
     );
-    let (mut child, addr) = evmesh(dir, name, &[], &cfg)?;
+    let (mut child, addr) = evmesh(args, dir, name, &[], &cfg)?;
     let start = Instant::now();
     let mut ingest = if batched {
         let n = args.batch;
@@ -582,6 +644,7 @@ async fn e2e_with(
         };
         // A bounded amount with few connections, so the run measures draining the backlog.
         let few = BenchArgs {
+            evmesh: None,
             connections: 8,
             seconds: (args.seconds / 4).max(2),
             payload: args.payload,
@@ -605,7 +668,17 @@ async fn e2e_with(
     stop_graceful(&mut child);
     server.abort();
     let delivered = received.load(Ordering::Relaxed);
+    let distinct = ids.lock().map(|i| i.len() as u64).unwrap_or(0);
     let latencies_us = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    let counted = if batched {
+        format!("delivered {delivered}")
+    } else {
+        format!(
+            "delivered {distinct} distinct ({} duplicate deliveries)",
+            delivered.saturating_sub(distinct)
+        )
+    };
+    let delivered = if batched { delivered } else { distinct };
     Ok(Report {
         name: name.into(),
         events: delivered,
@@ -614,17 +687,21 @@ async fn e2e_with(
         elapsed,
         latencies_us,
         note: format!(
-            "delivered {delivered} of {} published; ingest {:.0} events/s; latency is publish→webhook{}",
+            "{counted} of {} published; ingest {:.0} events/s; latency is publish→webhook{}",
             ingest.requests,
             ingest.requests as f64 / ingest.elapsed.as_secs_f64(),
-            if batched { ", and includes the backlog that batched ingest builds" } else { "" }
+            if batched {
+                ", and includes the backlog that batched ingest builds"
+            } else {
+                ""
+            }
         ),
     })
 }
 
 async fn bare_server() -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    tracing::info!("bare server listening on {}", listener.local_addr()?);
+    eprintln!("bare server listening on {}", listener.local_addr()?);
     loop {
         let (s, _) = listener.accept().await?;
         let _ = s.set_nodelay(true);
@@ -642,183 +719,19 @@ async fn bare_server() -> Result<()> {
     }
 }
 
-/// The subscription matcher alone: mixed dialects (exact, prefix, suffix, CESQL with an
-/// equality conjunct, JSON patterns), indexed vs evaluated one by one.
-fn matcher_bench() {
-    use evmesh_core::config::{FilterConfig, SinkConfig, SubscriptionConfig};
-    use evmesh_router::{Origin, Route, TopicIndex};
-    let sub = |i: usize, filters: serde_json::Value| SubscriptionConfig {
-        filters: serde_json::from_value::<Vec<FilterConfig>>(filters).unwrap_or_default(),
-        ..SubscriptionConfig::new(
-            format!("s{i}"),
-            "t",
-            SinkConfig::webhook("http://127.0.0.1/"),
-        )
-    };
-    let make = |n: usize| -> TopicIndex {
-        let routes = (0..n)
-            .map(|i| {
-                let f = match i % 10 {
-                    0..=4 => serde_json::json!([{"exact": {"type": format!("t{i}")}}, {"prefix": {"source": "shop/"}}]),
-                    5 | 6 => serde_json::json!([{"prefix": {"source": format!("shop/{i}/")}}]),
-                    7 => serde_json::json!([{"suffix": {"subject": format!(".{i}")}}]),
-                    8 => serde_json::json!([{"cesql": format!("type = 't{i}' AND source LIKE 'shop/%'")}]),
-                    _ => serde_json::json!([{"pattern": {"type": [format!("t{i}")], "source": [{"prefix": "shop/"}]}}]),
-                };
-                Arc::new(Route::compile(sub(i, f), Origin::Config, None).expect("bench filters compile"))
-            })
-            .collect();
-        TopicIndex::build(routes)
-    };
-    for n in [1usize, 100, 10_000] {
-        let idx = make(n);
-        let events: Vec<evmesh_core::Event> = (0..1024)
-            .map(|k| {
-                let i = (k * 7919) % (n + n / 4 + 1);
-                let mut e = evmesh_core::Event::new(
-                    format!("{k}"),
-                    format!("shop/{i}/eu"),
-                    format!("t{i}"),
-                );
-                e.subject = Some(format!("doc.{i}"));
-                e
-            })
-            .collect();
-        let stats = idx.stats();
-        let mut out = Vec::new();
-        let mut matched = 0usize;
-        let run = |linear: bool, out: &mut Vec<usize>, matched: &mut usize| {
-            let budget = Duration::from_millis(if linear && n > 1000 { 300 } else { 700 });
-            let start = Instant::now();
-            let mut count = 0u64;
-            while start.elapsed() < budget {
-                for e in &events {
-                    out.clear();
-                    if linear {
-                        idx.matching_linear(e, out);
-                    } else {
-                        idx.matching(e, out);
-                    }
-                    *matched += out.len();
-                }
-                count += events.len() as u64;
-            }
-            start.elapsed().as_nanos() as f64 / count as f64
-        };
-        let indexed = run(false, &mut out, &mut matched);
-        let linear = run(true, &mut out, &mut matched);
-        println!(
-            "match {n:>6} subs  indexed {indexed:>8.0} ns/event ({:>9.0} events/s)  linear {linear:>10.0} ns/event  [{} indexed, {} unindexed]",
-            1e9 / indexed,
-            stats.indexed,
-            stats.residual
-        );
-        std::hint::black_box(matched);
+/// Creates a Kafka topic for the bench (an existing one is fine).
+async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin.create_topics([&new], &AdminOptions::new()).await? {
+        match r {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => bail!("creating topic {t}: {code}"),
+        }
     }
-}
-
-/// The WASM filter alone, in-process: cost per event by batch size against the built-in
-/// pattern that does the same, and the cost of a fresh instance.
-fn wasm_bench(plugin: Option<&std::path::Path>) {
-    use evmesh_core::filter::{BatchFilter, Filter};
-    let Some(path) = plugin else {
-        println!("wasm             skipped: pass --plugin path/to/json_field_filter.wasm");
-        return;
-    };
-    let engine = match evmesh_plugin_host::PluginEngine::new(None) {
-        Ok(e) => e,
-        Err(e) => {
-            println!("wasm             failed: {e}");
-            return;
-        }
-    };
-    let loader = evmesh_plugin_host::WasmLoader::new(engine, None);
-    let cfg = evmesh_core::config::WasmPluginConfig {
-        uses: path.to_owned(),
-        with: [
-            ("field".to_string(), "status".to_string()),
-            ("equals".to_string(), "paid".to_string()),
-        ]
-        .into(),
-        max_memory: 64 << 20,
-        timeout: evmesh_core::duration::IsoDuration(Duration::from_secs(1)),
-    };
-    let t0 = Instant::now();
-    let wasm = match loader.load_filter(&cfg) {
-        Ok(f) => f,
-        Err(e) => {
-            println!("wasm             failed: {e}");
-            return;
-        }
-    };
-    let load = t0.elapsed();
-    let builtin = match evmesh_filter_pattern::PatternFilter::compile(
-        &serde_json::json!({"data": {"status": ["paid"]}}),
-    ) {
-        Ok(f) => f,
-        Err(e) => {
-            println!("wasm             failed: {e}");
-            return;
-        }
-    };
-    let events: Vec<evmesh_core::Event> = (0..512)
-        .map(|i| {
-            let mut e = evmesh_core::Event::new(format!("{i}"), "/bench", "bench.event");
-            e.datacontenttype = Some("application/json".into());
-            let status = if i % 2 == 0 { "paid" } else { "open" };
-            e.data = Some(evmesh_core::Data {
-                kind: evmesh_core::DataKind::Json,
-                bytes: Bytes::from(format!(r#"{{"status":"{status}","seq":{i},"pad":"0123456789012345678901234567890123456789"}}"#)),
-            });
-            e
-        })
-        .collect();
-    let refs: Vec<&evmesh_core::Event> = events.iter().collect();
-    let time = |f: &mut dyn FnMut() -> usize, per_call: usize| {
-        let start = Instant::now();
-        let mut n = 0usize;
-        let mut kept = 0usize;
-        while start.elapsed() < Duration::from_millis(500) {
-            kept += f();
-            n += per_call;
-        }
-        std::hint::black_box(kept);
-        start.elapsed().as_nanos() as f64 / n as f64
-    };
-    let b = time(
-        &mut || refs.iter().filter(|e| builtin.matches(e)).count(),
-        refs.len(),
-    );
-    println!("wasm             built-in pattern (same test)  {b:>7.0} ns/event");
-    // The plugin's own logic compiled natively: what running it inside WASM adds is the rest.
-    let native_logic = |e: &&evmesh_core::Event| -> bool {
-        e.data
-            .as_ref()
-            .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d.bytes).ok())
-            .is_some_and(|v| v.get("status").and_then(|s| s.as_str()) == Some("paid"))
-    };
-    let nat = time(
-        &mut || refs.iter().filter(|e| native_logic(e)).count(),
-        refs.len(),
-    );
-    println!("wasm             same logic, native Rust       {nat:>7.0} ns/event");
-    for batch in [1usize, 16, 64, 512] {
-        let ns = time(
-            &mut || {
-                refs.chunks(batch)
-                    .map(|c| {
-                        wasm.filter_batch(c)
-                            .map(|v| v.iter().filter(|k| **k).count())
-                            .unwrap_or(0)
-                    })
-                    .sum()
-            },
-            refs.len(),
-        );
-        println!("wasm             WASM filter, batches of {batch:>3}  {ns:>7.0} ns/event  (WASM overhead {:>6.0} ns/event over native)", ns - nat);
-    }
-    match wasm.plugin().measure_instantiation(200) {
-        Ok(d) => println!("wasm             instantiation {:>7.1} µs (after compile; first load incl. compile/cache {:.1} ms)", d.as_secs_f64() * 1e6, load.as_secs_f64() * 1e3),
-        Err(e) => println!("wasm             instantiation failed: {e}"),
-    }
+    Ok(())
 }

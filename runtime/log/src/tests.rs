@@ -1,9 +1,14 @@
 use super::*;
+use crate::segment::{segment_name, FRAME, MAGIC};
 use evmesh_core::{Data, ExtValue};
+use evmesh_store::{CursorState, StateDir, StoredEvent};
 use proptest::prelude::*;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
 
-fn opts(dir: &Path, segment_bytes: u64) -> StoreOptions {
-    StoreOptions {
+fn opts(dir: &Path, segment_bytes: u64) -> LogOptions {
+    LogOptions {
         data_dir: dir.to_owned(),
         fsync: FsyncPolicy::Always,
         fsync_interval: Duration::from_millis(5),
@@ -11,6 +16,15 @@ fn opts(dir: &Path, segment_bytes: u64) -> StoreOptions {
         retention: None,
         max_record_bytes: MAX_RECORD_BYTES,
     }
+}
+
+fn state(dir: &Path) -> StateDir {
+    StateDir::open(dir).unwrap()
+}
+
+/// The log in `dir`, with the state store beside it (as the binary opens them).
+fn open(dir: &Path, segment_bytes: u64) -> EmbeddedLog {
+    EmbeddedLog::open(opts(dir, segment_bytes), &state(dir)).unwrap()
 }
 
 fn ev(i: usize) -> Event {
@@ -28,11 +42,11 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn read_all(s: &EmbeddedStore, topic: &str) -> Vec<StoredEvent> {
+fn read_all(s: &EmbeddedLog, topic: &str) -> Vec<StoredEvent> {
     let mut out = Vec::new();
     let mut from = 0;
     loop {
-        let b = s.read_blocking(topic, from, 1000).unwrap();
+        let b = s.read_topic(topic, from, 1000).unwrap();
         if b.events.is_empty() {
             return out;
         }
@@ -45,7 +59,7 @@ fn read_all(s: &EmbeddedStore, topic: &str) -> Vec<StoredEvent> {
 fn appends_are_read_back_in_order_across_segments() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        let s = open(dir.path(), 4096);
         for chunk in 0..10 {
             let events: Vec<Event> = (chunk * 10..chunk * 10 + 10).map(ev).collect();
             let ack = s.append("orders", &events).await.unwrap();
@@ -70,10 +84,10 @@ fn reopening_continues_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let r = rt();
     r.block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let s = open(dir.path(), 1 << 20);
         s.append("t", &[ev(0), ev(1)]).await.unwrap();
         s.close().await;
-        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let s = open(dir.path(), 1 << 20);
         assert_eq!(*s.watch_end("t").borrow(), 2);
         let ack = s.append("t", &[ev(2)]).await.unwrap();
         assert_eq!(ack.first, 2);
@@ -87,7 +101,7 @@ fn torn_tail_is_cut_off_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let r = rt();
     r.block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let s = open(dir.path(), 1 << 20);
         s.append("t", &[ev(0), ev(1)]).await.unwrap();
         s.close().await;
     });
@@ -96,7 +110,7 @@ fn torn_tail_is_cut_off_at_open() {
     f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap(); // a frame promising 200 bytes
     drop(f);
     r.block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let s = open(dir.path(), 1 << 20);
         assert!(s.problems().is_empty());
         assert_eq!(s.append("t", &[ev(2)]).await.unwrap().first, 2);
         let all = read_all(&s, "t");
@@ -113,7 +127,7 @@ fn corrupt_record_quarantines_segment_and_fsck_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let r = rt();
     r.block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        let s = open(dir.path(), 4096);
         for i in 0..60 {
             s.append("t", &[ev(i)]).await.unwrap();
         }
@@ -131,7 +145,7 @@ fn corrupt_record_quarantines_segment_and_fsck_reports_it() {
     assert!(!report.is_clean());
 
     r.block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        let s = open(dir.path(), 4096);
         let p = s.problems();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].record, 0);
@@ -153,7 +167,7 @@ fn corrupt_record_quarantines_segment_and_fsck_reports_it() {
 fn concurrent_appends_share_commits_and_get_distinct_offsets() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let s = open(dir.path(), 1 << 20);
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = s.clone();
@@ -175,7 +189,7 @@ fn concurrent_appends_share_commits_and_get_distinct_offsets() {
 fn garbage_collection_keeps_what_a_cursor_still_needs() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        let s = open(dir.path(), 4096);
         for i in 0..100 {
             s.append("t", &[ev(i)]).await.unwrap();
         }
@@ -190,9 +204,9 @@ fn garbage_collection_keeps_what_a_cursor_still_needs() {
 }
 
 #[test]
-fn cursors_and_api_subscriptions_persist() {
+fn cursors_persist_in_the_state_store() {
     let dir = tempfile::tempdir().unwrap();
-    let s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+    let s = state(dir.path());
     let mut c = CursorState {
         committed: 42,
         ..Default::default()
@@ -201,7 +215,7 @@ fn cursors_and_api_subscriptions_persist() {
     s.save_cursor("sub", "t", &c).unwrap();
     assert_eq!(s.load_cursor("sub", "t").unwrap(), Some(c));
     assert_eq!(s.load_cursor("other", "t").unwrap(), None);
-    s.delete_subscription_state("sub").unwrap();
+    s.delete_consumer("sub").unwrap();
     assert_eq!(s.load_cursor("sub", "t").unwrap(), None);
 }
 
@@ -212,11 +226,11 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let r = rt();
         let mut model: Vec<Event> = Vec::new();
-        let mut s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+        let mut s = open(dir.path(), 4096);
         for (k, n) in batches.iter().enumerate() {
             if k == reopen_at {
                 r.block_on(s.close());
-                s = EmbeddedStore::open(opts(dir.path(), 4096)).unwrap();
+                s = open(dir.path(), 4096);
             }
             let events: Vec<Event> = (model.len()..model.len() + n).map(ev).collect();
             let ack = r.block_on(s.append("m", &events)).unwrap();
@@ -233,10 +247,10 @@ proptest! {
 async fn new_offsets_start_past_a_cursor_left_ahead_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+        let store = open(dir.path(), 1 << 20);
         store.append("t", &[ev(0), ev(1)]).await.unwrap();
         // A subscription finished 10 events, of which the power loss kept only 2 on disk.
-        store
+        state(dir.path())
             .save_cursor(
                 "s",
                 "t",
@@ -246,7 +260,7 @@ async fn new_offsets_start_past_a_cursor_left_ahead_of_the_log() {
                 },
             )
             .unwrap();
-        store
+        state(dir.path())
             .save_cursor(
                 "s",
                 "gone",
@@ -258,31 +272,31 @@ async fn new_offsets_start_past_a_cursor_left_ahead_of_the_log() {
             .unwrap();
         store.close().await;
     }
-    let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+    let store = open(dir.path(), 1 << 20);
     assert_eq!(*store.watch_end("t").borrow(), 10);
     let ack = store.append("t", &[ev(2)]).await.unwrap();
     assert_eq!(ack.first, 10, "new events must not reuse finished offsets");
     let ack = store.append("gone", &[ev(3)]).await.unwrap();
     assert_eq!(ack.first, 5);
     // A reader in the gap skips it instead of spinning on it.
-    let b = store.read("t", 2, 10).await.unwrap();
+    let b = store.read("t", 0, 2, 10).await.unwrap();
     assert_eq!(b.events.len(), 1);
     assert_eq!(b.events[0].offset, 10);
     assert_eq!(b.next, 11);
     store.close().await;
     // And after another restart the raised offsets are the real ones.
-    let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+    let store = open(dir.path(), 1 << 20);
     assert_eq!(*store.watch_end("t").borrow(), 11);
 }
 
 #[tokio::test]
 async fn a_deleted_topic_starts_again_from_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(opts(dir.path(), 1 << 20)).unwrap();
+    let store = open(dir.path(), 1 << 20);
     store.append("__dlq.s", &[ev(0), ev(1)]).await.unwrap();
     store.delete_topic("__dlq.s").await.unwrap();
     assert!(!dir.path().join("topics/__dlq.s").exists());
-    let b = store.read("__dlq.s", 0, 10).await.unwrap();
+    let b = store.read("__dlq.s", 0, 0, 10).await.unwrap();
     assert!(b.events.is_empty());
     assert_eq!(b.next, 0);
     let ack = store.append("__dlq.s", &[ev(2)]).await.unwrap();
@@ -297,7 +311,7 @@ async fn events_over_the_configured_limit_are_refused_as_permanent() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(dir.path(), 1 << 20);
     o.max_record_bytes = 64;
-    let store = EmbeddedStore::open(o).unwrap();
+    let store = EmbeddedLog::open(o, &state(dir.path())).unwrap();
     let err = store.append("t", &[ev(0)]).await.unwrap_err();
     assert!(err.is_permanent(), "{err}");
 }

@@ -1,6 +1,10 @@
-//! Shared pieces of the integration suite: the real `evmesh` binary as a child process, a real
-//! HTTP receiver that records what it gets, and a small HTTP client.
-#![allow(dead_code, clippy::unwrap_used)]
+//! The integration suite's kit: the real `evmesh` binary as a child process, real HTTP
+//! receivers that record what they get (one in Rust, one in Node.js), a small HTTP client, and
+//! the connector compliance checks ([`compliance`]) every sink and source runs.
+// Test support: a failed unwrap is a failed test, with its message.
+#![allow(clippy::unwrap_used)]
+
+pub mod compliance;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -23,12 +27,39 @@ pub fn conformance_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance")
 }
 
+/// The repository's root.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `evmesh` binary under test: `$EVMESH_BIN`, or the one nextest names, or the one cargo
+/// built beside the running test (`target/<profile>/evmesh`).
+pub fn evmesh_bin() -> PathBuf {
+    if let Some(p) =
+        std::env::var_os("EVMESH_BIN").or_else(|| std::env::var_os("NEXTEST_BIN_EXE_evmesh"))
+    {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("evmesh");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it (cargo build -p evmesh) or set EVMESH_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// A running `evmesh serve`.
 pub struct Evmesh {
     child: Option<Child>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub log: Arc<Mutex<String>>,
+    /// What the process printed on standard output (the console sink writes there).
+    pub stdout: Arc<Mutex<String>>,
     pub data_dir: PathBuf,
 }
 
@@ -41,7 +72,7 @@ impl Evmesh {
         std::fs::create_dir_all(data_dir).unwrap();
         let cfg_path = data_dir.with_extension("yaml");
         std::fs::write(&cfg_path, config).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
+        let mut cmd = Command::new(evmesh_bin());
         cmd.arg("serve")
             .arg("--config")
             .arg(&cfg_path)
@@ -57,7 +88,7 @@ impl Evmesh {
 
     /// Runs `evmesh <args>` in `cwd` with only `env` added (no flags or ports of the kit's).
     pub fn start_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Evmesh {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_evmesh"));
+        let mut cmd = Command::new(evmesh_bin());
         cmd.args(args).current_dir(cwd);
         for (k, v) in env {
             cmd.env(k, v);
@@ -66,12 +97,23 @@ impl Evmesh {
     }
 
     fn spawn(mut cmd: Command, data_dir: &Path) -> Evmesh {
-        cmd.env("RUST_LOG", "info")
+        // The kit's own variable is not the server's business.
+        cmd.env_remove("EVMESH_BIN")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning evmesh");
         let stderr = child.stderr.take().unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (out, out2) = (child.stdout.take().unwrap(), stdout.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = out2.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
@@ -110,6 +152,7 @@ impl Evmesh {
             http: http.unwrap(),
             admin: admin.unwrap(),
             log,
+            stdout,
             data_dir: data_dir.to_owned(),
         }
     }

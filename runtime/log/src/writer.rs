@@ -1,0 +1,385 @@
+//! The single writer thread: group commit (one write and one fdatasync per touched file per
+//! group), segment rolling, and the refusal of every append after a failed write or fsync.
+
+use crate::segment::{segment_name, FRAME, MAGIC};
+use crate::topic::{SegMeta, Topic};
+use crate::{FsyncPolicy, LogOptions};
+use evmesh_store::{lock_poisoned, AppendAck, StoreError};
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) struct AppendReq {
+    pub(crate) topic: Arc<Topic>,
+    /// Framed records, ready to be written.
+    pub(crate) frames: Vec<u8>,
+    pub(crate) lens: Vec<u32>,
+    pub(crate) reply: oneshot::Sender<Result<AppendAck, StoreError>>,
+}
+
+pub(crate) enum WriterMsg {
+    Append(AppendReq),
+    /// Forget a deleted topic's open segment.
+    Forget(String, oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Index updates of one commit: per topic, per segment base the new record positions and end,
+/// and the topic's next offset.
+type IndexUpdates = Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>;
+
+/// The writer's state for a topic's newest segment.
+struct Active {
+    base: u64,
+    file: File,
+    /// Bytes in the file plus `buf`.
+    size: u64,
+    next: u64,
+    /// Frames staged by this commit, written with one `write_all`.
+    buf: Vec<u8>,
+}
+
+/// What still needs an fsync under `fsync: interval`.
+#[derive(Default)]
+struct Dirty {
+    topics: HashSet<String>,
+    sealed: Vec<File>,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.sealed.is_empty()
+    }
+}
+
+pub(crate) struct Writer {
+    opts: LogOptions,
+    active: HashMap<String, Active>,
+    /// Set after a failed write or fsync: the file's state is unknown, so every later append
+    /// is refused until a restart re-reads the log (PostgreSQL's lesson from "fsyncgate").
+    failed: Option<String>,
+}
+
+impl Writer {
+    pub(crate) fn new(opts: LogOptions) -> Writer {
+        Writer {
+            opts,
+            active: HashMap::new(),
+            failed: None,
+        }
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the log writer");
+                return;
+            }
+        };
+        let mut dirty = Dirty::default();
+        let mut last_sync = Instant::now();
+        rt.block_on(async {
+            loop {
+                let msg = if self.opts.fsync == FsyncPolicy::Interval && !dirty.is_empty() {
+                    let wait = self.opts.fsync_interval.saturating_sub(last_sync.elapsed());
+                    match tokio::time::timeout(wait, rx.recv()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            self.sync_dirty(&mut dirty);
+                            last_sync = Instant::now();
+                            continue;
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                };
+                let Some(first) = msg else { break };
+                let mut batch = Vec::new();
+                let mut close = None;
+                let mut forget = None;
+                match first {
+                    WriterMsg::Append(r) => batch.push(r),
+                    WriterMsg::Forget(t, tx) => forget = Some((t, tx)),
+                    WriterMsg::Close(tx) => close = Some(tx),
+                }
+                while close.is_none() && forget.is_none() && batch.len() < 4096 {
+                    match rx.try_recv() {
+                        Ok(WriterMsg::Append(r)) => batch.push(r),
+                        Ok(WriterMsg::Forget(t, tx)) => forget = Some((t, tx)),
+                        Ok(WriterMsg::Close(tx)) => close = Some(tx),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() {
+                    self.commit(batch, &mut dirty);
+                    if self.opts.fsync == FsyncPolicy::Interval
+                        && last_sync.elapsed() >= self.opts.fsync_interval
+                    {
+                        self.sync_dirty(&mut dirty);
+                        last_sync = Instant::now();
+                    }
+                }
+                if let Some((topic, tx)) = forget {
+                    self.sync_dirty(&mut dirty);
+                    self.active.remove(&topic);
+                    let _ = tx.send(());
+                }
+                if let Some(tx) = close {
+                    self.sync_dirty(&mut dirty);
+                    let _ = tx.send(());
+                    break;
+                }
+            }
+        });
+        self.sync_dirty(&mut dirty);
+    }
+
+    fn sync_dirty(&mut self, dirty: &mut Dirty) {
+        for f in dirty.sealed.drain(..) {
+            if let Err(e) = f.sync_data() {
+                self.fail(format!("fdatasync of a sealed segment: {e}"));
+            }
+        }
+        for t in dirty.topics.drain() {
+            if let Some(a) = self.active.get(&t) {
+                if let Err(e) = a.file.sync_data() {
+                    self.fail(format!("fdatasync of topic {t}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::error!(reason = %why, "the log writer failed; further publishes are refused until evmesh restarts");
+        self.failed.get_or_insert(why);
+    }
+
+    fn active_for(&mut self, t: &Topic) -> Result<&mut Active, StoreError> {
+        if !self.active.contains_key(&t.name) {
+            fs::create_dir_all(&t.dir)
+                .map_err(|e| StoreError::io(format!("creating {}", t.dir.display()), e))?;
+            let next = t.durable_end();
+            let reuse = {
+                let log = t.log.read().map_err(|_| lock_poisoned())?;
+                log.last()
+                    .filter(|s| !s.sealed)
+                    .map(|s| (s.base, s.path.clone(), s.end))
+            };
+            let a = match reuse {
+                Some((base, path, end)) => {
+                    let file = OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+                    Active {
+                        base,
+                        file,
+                        size: end,
+                        next,
+                        buf: Vec::new(),
+                    }
+                }
+                None => self.create_segment(t, next)?,
+            };
+            self.active.insert(t.name.clone(), a);
+        }
+        self.active
+            .get_mut(&t.name)
+            .ok_or_else(|| StoreError::Corrupt("writer state vanished".into()))
+    }
+
+    fn create_segment(&self, t: &Topic, base: u64) -> Result<Active, StoreError> {
+        let path = t.dir.join(segment_name(base));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        file.write_all(MAGIC)
+            .map_err(|e| StoreError::io("writing a segment header", e))?;
+        if self.opts.fsync == FsyncPolicy::Always {
+            file.sync_all()
+                .map_err(|e| StoreError::io("syncing a new segment", e))?;
+            if let Ok(d) = File::open(&t.dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let read = File::open(&path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let mut log = t.log.write().map_err(|_| lock_poisoned())?;
+        if let Some(last) = log.last_mut() {
+            last.sealed = true;
+        }
+        log.push(SegMeta {
+            base,
+            path,
+            file: Arc::new(read),
+            positions: Vec::new(),
+            end: MAGIC.len() as u64,
+            sealed: false,
+        });
+        Ok(Active {
+            base,
+            file,
+            size: MAGIC.len() as u64,
+            next: base,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes one group of appends (one write per topic), syncs once per file, then answers
+    /// every publisher. Readers see the new offsets only after that.
+    fn commit(&mut self, batch: Vec<AppendReq>, dirty: &mut Dirty) {
+        if let Some(why) = &self.failed {
+            for req in batch {
+                let _ = req.reply.send(Err(StoreError::Failed(why.clone())));
+            }
+            return;
+        }
+        let mut index: IndexUpdates = Vec::new();
+        let mut results: Vec<Result<AppendAck, StoreError>> = Vec::with_capacity(batch.len());
+        let mut touched: Vec<String> = Vec::new();
+        let mut sealed: Vec<File> = Vec::new();
+        for req in &batch {
+            let r = self.stage(req, &mut index, &mut sealed);
+            if r.is_ok() && !touched.contains(&req.topic.name) {
+                touched.push(req.topic.name.clone());
+            }
+            results.push(r);
+        }
+        // A failed stage may have written part of a buffer while sealing a segment.
+        let mut failure = results
+            .iter()
+            .find_map(|r| r.as_ref().err().map(ToString::to_string));
+        for name in touched.iter().filter(|_| failure.is_none()) {
+            if let Some(a) = self.active.get_mut(name) {
+                if let Err(e) = a.file.write_all(&a.buf) {
+                    failure = Some(format!("appending to topic {name}: {e}"));
+                    break;
+                }
+                a.buf.clear();
+            }
+        }
+        if failure.is_none() && self.opts.fsync == FsyncPolicy::Always {
+            for f in &sealed {
+                if let Err(e) = f.sync_data() {
+                    failure = Some(format!("fdatasync of a sealed segment: {e}"));
+                }
+            }
+            for name in &touched {
+                if let Some(a) = self.active.get(name) {
+                    if let Err(e) = a.file.sync_data() {
+                        failure = Some(format!("fdatasync of topic {name}: {e}"));
+                    }
+                }
+            }
+        } else if failure.is_none() {
+            dirty.sealed.extend(sealed);
+            dirty.topics.extend(touched);
+        }
+        if let Some(why) = failure {
+            // Nothing of this group is acknowledged or made visible.
+            self.fail(why.clone());
+            for req in batch {
+                let _ = req.reply.send(Err(StoreError::Failed(why.clone())));
+            }
+            return;
+        }
+        for (topic, updates, next) in index {
+            if let Ok(mut log) = topic.log.write() {
+                for (base, positions, end) in updates {
+                    if let Some(s) = log.iter_mut().rev().find(|s| s.base == base) {
+                        s.positions.extend_from_slice(&positions);
+                        s.end = end;
+                    }
+                }
+            }
+            topic.end.send_replace(next);
+        }
+        for (req, r) in batch.into_iter().zip(results) {
+            let _ = req.reply.send(r);
+        }
+    }
+
+    /// Stages one request's frames into its topic's buffer, rolling segments as needed.
+    fn stage(
+        &mut self,
+        req: &AppendReq,
+        index: &mut IndexUpdates,
+        sealed: &mut Vec<File>,
+    ) -> Result<AppendAck, StoreError> {
+        let seg_limit = self.opts.segment_bytes;
+        let t = req.topic.clone();
+        let first = self.active_for(&t)?.next;
+        let mut p = 0usize;
+        let mut i = 0usize;
+        while i < req.lens.len() {
+            let a = self.active_for(&t)?;
+            // Take as many records as fit in the current segment (at least one per segment).
+            let mut j = i;
+            let mut bytes = 0u64;
+            while j < req.lens.len() {
+                let rec = (FRAME + req.lens[j] as usize) as u64;
+                let empty = a.size + bytes == MAGIC.len() as u64;
+                if a.size + bytes + rec > seg_limit && !empty {
+                    break;
+                }
+                bytes += rec;
+                j += 1;
+            }
+            if j == i {
+                // Seal the full segment: write what is staged, then start the next one.
+                let next = a.next;
+                a.file
+                    .write_all(&a.buf)
+                    .map_err(|e| StoreError::io(format!("appending to topic {}", t.name), e))?;
+                a.buf.clear();
+                let fresh = self.create_segment(&t, next)?;
+                if let Some(old) = self.active.insert(t.name.clone(), fresh) {
+                    sealed.push(old.file);
+                }
+                continue;
+            }
+            a.buf.extend_from_slice(&req.frames[p..p + bytes as usize]);
+            let mut positions = Vec::with_capacity(j - i);
+            let mut pos = a.size;
+            for k in i..j {
+                positions.push(pos as u32);
+                pos += (FRAME + req.lens[k] as usize) as u64;
+            }
+            a.size = pos;
+            a.next += (j - i) as u64;
+            let (base, end, next) = (a.base, a.size, a.next);
+            let entry = match index.iter_mut().position(|(tt, _, _)| Arc::ptr_eq(tt, &t)) {
+                Some(k) => &mut index[k],
+                None => {
+                    index.push((t.clone(), Vec::new(), next));
+                    let k = index.len() - 1;
+                    &mut index[k]
+                }
+            };
+            match entry.1.iter_mut().find(|(b, _, _)| *b == base) {
+                Some(u) => {
+                    u.1.extend(positions);
+                    u.2 = end;
+                }
+                None => entry.1.push((base, positions, end)),
+            }
+            entry.2 = next;
+            p += bytes as usize;
+            i = j;
+        }
+        Ok(AppendAck {
+            first,
+            count: req.lens.len() as u64,
+        })
+    }
+}
