@@ -10,6 +10,8 @@
 //! `cargo bench -p evmesh-router --bench matcher` and `cargo bench -p evmesh-plugin-host
 //! --bench wasm`.
 
+mod tcp;
+
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -44,8 +46,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, batch, e2e,
-    /// e2e-batch, e2e-filter-none/builtin/wasm, kafka-sink, kafka-store-ingest,
-    /// kafka-store-e2e (these three need --kafka).
+    /// e2e-batch, e2e-filter-none/builtin/wasm, tcp-publish-1, tcp-publish-64 (SDK
+    /// publishers over the EventMesh TCP protocol), tcp-push-1, tcp-push-8 (SDK subscribers),
+    /// kafka-sink, kafka-store-ingest, kafka-store-e2e (these three need --kafka).
     #[arg(long, default_value = "bare,binary-always,binary-interval,batch,e2e")]
     scenarios: String,
     /// A WASM filter component for the `e2e-filter-wasm` scenario (e.g. the example
@@ -84,14 +87,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-struct Report {
-    name: String,
-    events: u64,
-    requests: u64,
-    errors: u64,
-    elapsed: Duration,
-    latencies_us: Vec<u32>,
-    note: String,
+pub(crate) struct Report {
+    pub(crate) name: String,
+    pub(crate) events: u64,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies_us: Vec<u32>,
+    pub(crate) note: String,
 }
 
 impl Report {
@@ -247,6 +250,21 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                     }
                 }
             }
+            "tcp-publish-1" | "tcp-publish-64" => {
+                let n = if scenario.ends_with("-64") { 64 } else { 1 };
+                let mut r = tcp::publish(&args, &dir, scenario, n, payload.clone()).await?;
+                if let Some(b) = bare_rps {
+                    r.note.push_str(&format!(
+                        "; {:.0}% of bare hyper",
+                        100.0 * r.events as f64 / r.elapsed.as_secs_f64() / b
+                    ));
+                }
+                r
+            }
+            "tcp-push-1" | "tcp-push-8" => {
+                let n = if scenario.ends_with("-8") { 8 } else { 1 };
+                tcp::push(&args, &dir, scenario, n, payload.clone()).await?
+            }
             other => bail!("unknown scenario {other:?}"),
         };
         report.print();
@@ -354,7 +372,7 @@ fn stop(mut child: Child) {
     let _ = child.wait();
 }
 
-fn stop_graceful(child: &mut Child) {
+pub(crate) fn stop_graceful(child: &mut Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -362,7 +380,7 @@ fn stop_graceful(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn evmesh(
+pub(crate) fn evmesh(
     args: &BenchArgs,
     dir: &std::path::Path,
     name: &str,

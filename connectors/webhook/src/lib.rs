@@ -4,6 +4,7 @@
 //! `Retry-After`; `408`, other 5xx, timeouts and connection errors are retried; other 4xx are
 //! not, and go to the dead-letter path.
 
+mod eventmesh;
 mod pool;
 
 use bytes::Bytes;
@@ -40,6 +41,11 @@ pub enum HttpMode {
     Binary,
     /// `application/cloudevents+json` body.
     Structured,
+    /// Apache EventMesh's push format, for receivers written for EventMesh: a form-encoded
+    /// POST (`content` = the event in JSON format, `bizseqno`, `uniqueid`, `randomno`, `topic`,
+    /// `extfields`) with the `code: 105` header; the receiver's JSON `retCode` is honoured.
+    #[serde(rename = "eventmesh")]
+    EventMesh,
 }
 
 impl Kind for WebhookSinkConfig {
@@ -69,10 +75,10 @@ impl Check for WebhookSinkConfig {
 }
 
 impl SinkConfig for WebhookSinkConfig {
-    fn build(&self, _cx: &SinkContext) -> Result<Arc<dyn Sink>, String> {
-        WebhookSink::new(self)
-            .map(|s| Arc::new(s) as Arc<dyn Sink>)
-            .map_err(|e| e.to_string())
+    fn build(&self, cx: &SinkContext) -> Result<Arc<dyn Sink>, String> {
+        let mut sink = WebhookSink::new(self).map_err(|e| e.to_string())?;
+        sink.topic = cx.topic.clone();
+        Ok(Arc::new(sink))
     }
 }
 
@@ -132,6 +138,8 @@ pub struct WebhookSink {
     pool: pool::Pool,
     /// The outcome of the last attempt, for readiness.
     health: Mutex<SinkHealth>,
+    /// The topic delivered (EventMesh's push format names it).
+    topic: String,
 }
 
 impl WebhookSink {
@@ -196,6 +204,7 @@ impl WebhookSink {
             headers,
             pool,
             health: Mutex::new(SinkHealth::Unknown),
+            topic: String::new(),
         })
     }
 
@@ -231,6 +240,7 @@ impl WebhookSink {
                     format::encode_structured(e, &mut out);
                     Bytes::from(out)
                 }
+                HttpMode::EventMesh => eventmesh::push_request(h, e, &self.topic),
             };
             if let Some(name) = bad {
                 return Err(SinkError::not_retryable(format!(
@@ -261,6 +271,9 @@ impl WebhookSink {
                 )),
             })?;
         let status = parts.status;
+        if self.mode == HttpMode::EventMesh {
+            return eventmesh::push_outcome(&self.uri, status, &parts.headers, body);
+        }
         if status.is_success() {
             let body = body.map_err(|err| {
                 SinkError::retryable(format!("reading the response of {}: {err}", self.uri))
@@ -293,7 +306,7 @@ impl WebhookSink {
 }
 
 /// `Retry-After` in delta-seconds (an HTTP-date falls back to the backoff policy).
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
     let secs: u64 = h
         .get(http::header::RETRY_AFTER)?
         .to_str()

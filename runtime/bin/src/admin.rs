@@ -110,8 +110,11 @@ impl Admin {
             ),
             (Method::GET, ["subscriptions"]) => {
                 let mut out = Vec::new();
+                // evmesh's own (the request-reply topic) are not the user's to see or change.
                 for r in self.supervisor.routes().await {
-                    out.push(describe(&r.config, r.origin));
+                    if r.origin != Origin::Internal {
+                        out.push(describe(&r.config, r.origin));
+                    }
                 }
                 json(StatusCode::OK, &serde_json::Value::Array(out))
             }
@@ -183,12 +186,10 @@ impl Admin {
         };
         let _g = self.changes.lock().await;
         let existed = match self.supervisor.route(&name).await {
-            Some(r) if r.origin == Origin::Config => {
+            Some(r) if !r.origin.is_api_managed() => {
                 return error(
                     StatusCode::CONFLICT,
-                    format!(
-                        "subscription {name:?} is declared in the config file; change it there"
-                    ),
+                    managed_elsewhere(&name, r.origin, "change"),
                 )
             }
             Some(_) => true,
@@ -234,12 +235,10 @@ impl Admin {
         let _g = self.changes.lock().await;
         match self.supervisor.route(name).await {
             None => return not_found(name),
-            Some(r) if r.origin == Origin::Config => {
+            Some(r) if !r.origin.is_api_managed() => {
                 return error(
                     StatusCode::CONFLICT,
-                    format!(
-                        "subscription {name:?} is declared in the config file; remove it there"
-                    ),
+                    managed_elsewhere(name, r.origin, "remove"),
                 )
             }
             Some(_) => {}
@@ -351,6 +350,19 @@ fn batch_response(events: &[evmesh_core::Event]) -> Resp {
         http::HeaderValue::from_static("application/cloudevents-batch+json"),
     );
     r
+}
+
+/// Why the admin API does not change a subscription made elsewhere.
+fn managed_elsewhere(name: &str, origin: Origin, verb: &str) -> String {
+    match origin {
+        Origin::Config => {
+            format!("subscription {name:?} is declared in the config file; {verb} it there")
+        }
+        Origin::Protocol => format!(
+            "subscription {name:?} belongs to an EventMesh consumer group; {verb} it with the EventMesh API (unsubscribe)"
+        ),
+        _ => format!("subscription {name:?} is evmesh's own"),
+    }
 }
 
 fn not_found(name: &str) -> Resp {

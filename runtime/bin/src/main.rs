@@ -12,7 +12,8 @@ use evmesh_core::config::{self, Config};
 use evmesh_core::publish::Publish;
 use evmesh_core::transform::PluginLoader;
 use evmesh_delivery::Supervisor;
-use evmesh_ingress::listener::ListenerContext;
+use evmesh_ingress::listener::{HttpRoutes, ListenerContext, Shared};
+use evmesh_ingress::reply::Replies;
 use evmesh_ingress::PublishPath;
 use evmesh_router::Origin;
 use evmesh_store::{EventLog, LogContext, StateDir, StateStore};
@@ -261,17 +262,33 @@ async fn serve(
         };
         sources.push(tokio::spawn(source.run(cx)));
     }
+    let instance = instance_id(state.as_ref())?;
+    let replies = Replies::start(&supervisor, publisher.clone(), &instance)
+        .await
+        .context("starting request-reply")?;
     let lcx = ListenerContext {
         publisher,
         supervisor: supervisor.clone(),
         log: log.clone(),
         state,
+        replies,
+        sinks: plan::sink_factory(),
+        routes: Arc::new(HttpRoutes::default()),
+        instance,
+        shared: Arc::new(Shared::default()),
         max_body_bytes: cfg.server.max_body_bytes,
         drain,
         stop: stop_rx.clone(),
     };
+    for install in registry::protocols() {
+        install(&lcx).await.map_err(anyhow::Error::msg)?;
+    }
     let mut listeners = Vec::new();
     for (key, l) in plan.listeners {
+        if !l.enabled() {
+            tracing::info!("the {key} listener is off");
+            continue;
+        }
         let h = l
             .start(lcx.clone())
             .await
@@ -281,6 +298,7 @@ async fn serve(
         listeners.push(h);
     }
     let gc = supervisor.spawn_gc(Duration::from_secs(5), stop_rx.clone());
+    tracing::info!("evmesh ready");
 
     wait_for_signal().await?;
     tracing::info!("shutting down: no new requests; finishing in-flight deliveries");
@@ -296,6 +314,21 @@ async fn serve(
     log.close().await;
     tracing::info!("shutdown complete");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// This instance's stable id, made once and kept in the state store (it names the instance's
+/// request-reply topic).
+fn instance_id(state: &dyn StateStore) -> Result<String> {
+    const DOC: &str = "instance-id";
+    if let Some(b) = state.load_document(DOC)? {
+        let id = String::from_utf8_lossy(&b).trim().to_owned();
+        if config::validate_name(&id).is_ok() {
+            return Ok(id);
+        }
+    }
+    let id = format!("{:016x}", fastrand::u64(..));
+    state.save_document(DOC, id.as_bytes())?;
+    Ok(id)
 }
 
 async fn wait_for_signal() -> Result<()> {

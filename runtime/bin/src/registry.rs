@@ -44,5 +44,19 @@ pub fn listeners() -> Vec<ListenerEntry> {
             evmesh_ingress::HttpIngestConfig::default_value,
         ),
         listener::<crate::admin::AdminConfig>(crate::admin::AdminConfig::default_value),
+        listener::<evmesh_eventmesh::TcpListenerConfig>(
+            evmesh_eventmesh::TcpListenerConfig::default_value,
+        ),
     ]
 }
+
+/// Protocols set up before the listeners start (state they share, HTTP APIs on the ingest
+/// port).
+pub fn protocols() -> Vec<Protocol> {
+    vec![evmesh_eventmesh::install]
+}
+
+/// Sets up a protocol.
+pub type Protocol = for<'a> fn(
+    &'a evmesh_ingress::listener::ListenerContext,
+) -> futures_util::future::BoxFuture<'a, Result<(), String>>;

@@ -101,6 +101,8 @@ pub trait Kind {
 pub struct SinkContext {
     /// The subscription the sink delivers for.
     pub subscription: String,
+    /// The topic it reads.
+    pub topic: String,
 }
 
 /// A sink's settings.

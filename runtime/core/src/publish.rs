@@ -50,3 +50,26 @@ pub trait Publish: Send + Sync + 'static {
         reason: &str,
     ) -> BoxFuture<'static, Result<(), PublishError>>;
 }
+
+/// Request-reply: the extension that pairs a reply with its request.
+pub const CORRELATION: &str = "correlationid";
+/// Request-reply: the extension naming the topic a reply goes to.
+pub const REPLY_TO: &str = "replyto";
+/// Request-reply: each instance's reply topic is `__replies.<instance>`.
+pub const REPLY_PREFIX: &str = "__replies.";
+
+/// Makes `reply` the answer to `request`: it carries the request's `correlationid`. Returns
+/// the topic it goes to (the request's `replyto`), if the request asked for a reply there.
+pub fn answer(request: &Event, reply: &mut Event) -> Option<String> {
+    let to = request.extension(REPLY_TO)?.to_canonical_string();
+    if !to.starts_with(REPLY_PREFIX) {
+        return None;
+    }
+    if reply.extension(CORRELATION).is_none() {
+        if let Some(c) = request.extension(CORRELATION) {
+            reply.set_extension(CORRELATION, c.clone());
+        }
+    }
+    reply.remove_extension(REPLY_TO);
+    Some(to)
+}

@@ -174,8 +174,11 @@ async fn deliver_one(
         made += 1;
         match result {
             Ok(delivered) => {
-                if let Some(reply) = delivered.reply {
-                    let topic = ctx.route.reply_topic().to_owned();
+                if let Some(mut reply) = delivered.reply {
+                    // A request's reply goes to the requester's reply topic; any other reply
+                    // to the subscription's `reply` topic (Knative).
+                    let topic = evmesh_core::publish::answer(event, &mut reply)
+                        .unwrap_or_else(|| ctx.route.reply_topic().to_owned());
                     match publish(ctx, &topic, &reply, "a reply").await {
                         Published::Stored => {}
                         Published::Stopped => return AckStatus::Retry,

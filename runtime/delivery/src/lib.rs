@@ -101,6 +101,7 @@ impl Supervisor {
     ) -> Result<(), DeliveryError> {
         let cx = SinkContext {
             subscription: config.name.clone(),
+            topic: config.topic.clone(),
         };
         let sink = (self.factory)(&config.sink, &cx).map_err(|message| DeliveryError::Sink {
             name: config.name.clone(),
@@ -132,6 +133,7 @@ impl Supervisor {
             Some(c) => {
                 let cx = SinkContext {
                     subscription: name.clone(),
+                    topic: route.config.topic.clone(),
                 };
                 Some(
                     (self.factory)(c, &cx).map_err(|message| DeliveryError::Sink {

@@ -6,6 +6,7 @@
 
 pub mod listener;
 mod publish;
+pub mod reply;
 pub mod server;
 
 use bytes::Bytes;
@@ -53,12 +54,14 @@ impl ListenerConfig for HttpIngestConfig {
     fn start(&self, cx: ListenerContext) -> BoxFuture<'static, Result<ListenerHandle, String>> {
         let addr = self.0 .0.clone();
         Box::pin(async move {
-            let ingest = Ingest::new(
-                cx.publisher.clone(),
-                IngestOptions {
+            let ingest = Arc::new(Ingest {
+                publisher: cx.publisher.clone(),
+                opts: IngestOptions {
                     max_body_bytes: cx.max_body_bytes,
                 },
-            );
+                replies: Some(cx.replies.clone()),
+                routes: Some(cx.routes.clone()),
+            });
             let h = serve(&addr, ingest, cx.stop.clone(), cx.drain)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -90,6 +93,10 @@ pub struct IngestOptions {
 pub struct Ingest {
     publisher: Arc<PublishPath>,
     opts: IngestOptions,
+    /// Request-reply (`POST /topics/{topic}/request`).
+    replies: Option<Arc<reply::Replies>>,
+    /// Other APIs on this port (the EventMesh API).
+    routes: Option<Arc<listener::HttpRoutes>>,
 }
 
 pub type Resp = Response<Full<Bytes>>;
@@ -226,13 +233,28 @@ fn unsupported(mt: &str) -> Resp {
 
 impl Ingest {
     pub fn new(publisher: Arc<PublishPath>, opts: IngestOptions) -> Arc<Self> {
-        Arc::new(Ingest { publisher, opts })
+        Arc::new(Ingest {
+            publisher,
+            opts,
+            replies: None,
+            routes: None,
+        })
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_owned();
         if path == "/healthz" {
             return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+        }
+        if let Some(route) = self.routes.as_ref().and_then(|r| r.find(&req)) {
+            return route.call(req).await;
+        }
+        if let Some(topic) = path
+            .strip_prefix("/topics/")
+            .and_then(|p| p.strip_suffix("/request"))
+        {
+            let topic = topic.to_owned();
+            return self.request(&topic, req).await;
         }
         let Some(topic) = path.strip_prefix("/topics/") else {
             return error(
@@ -284,6 +306,70 @@ impl Ingest {
             Err(e) => publish_error(&e),
         }
     }
+}
+
+impl Ingest {
+    /// `POST /topics/{topic}/request[?timeout=PT5S]`: publishes one event as a request and
+    /// answers with its reply (structured mode), or `504` when none came in time.
+    async fn request(&self, topic: &str, req: Request<Incoming>) -> Resp {
+        let Some(replies) = &self.replies else {
+            return error(StatusCode::NOT_FOUND, "request-reply is not served here");
+        };
+        if req.method() != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+        }
+        let timeout = match request_timeout(req.uri().query()) {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let (parts, body) = match read_body(req, self.opts.max_body_bytes).await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+        let mut events = match decode_as(mode(&parts.headers), &parts, body) {
+            Ok(e) => e,
+            Err(r) => return *r,
+        };
+        if events.len() != 1 {
+            return error(StatusCode::BAD_REQUEST, "a request is one event");
+        }
+        let Some(event) = events.pop() else {
+            return error(StatusCode::BAD_REQUEST, "a request is one event");
+        };
+        match replies.request(topic, event, timeout).await {
+            Ok(reply) => {
+                let mut out = Vec::with_capacity(256);
+                format::encode_structured(&reply, &mut out);
+                let mut r = Response::new(Full::new(Bytes::from(out)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/cloudevents+json"),
+                );
+                r
+            }
+            Err(reply::RequestError::Publish(e)) => publish_error(&e),
+            Err(e @ reply::RequestError::Timeout(_)) => {
+                error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            }
+        }
+    }
+}
+
+/// `timeout=` (ISO-8601) of a request; 10 s when absent, at most 5 minutes.
+fn request_timeout(query: Option<&str>) -> Result<std::time::Duration, String> {
+    let raw = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout="));
+    let Some(raw) = raw else {
+        return Ok(std::time::Duration::from_secs(10));
+    };
+    let d = evmesh_core::duration::IsoDuration::parse(raw)
+        .ok_or_else(|| format!("timeout {raw:?} is not an ISO-8601 duration (PT5S)"))?;
+    if d.0.is_zero() || d.0 > std::time::Duration::from_secs(300) {
+        return Err(format!("timeout {raw:?} must be between 0 and PT5M"));
+    }
+    Ok(d.0)
 }
 
 /// The HTTP answer to a failed publish.

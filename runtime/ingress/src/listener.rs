@@ -4,6 +4,8 @@
 //! as live push targets), the log and the state store.
 
 use crate::publish::PublishPath;
+use crate::reply::Replies;
+use crate::{Handler, Resp};
 use evmesh_core::component::{Check, Kind};
 use evmesh_core::config::{typed, ConfigError};
 use evmesh_delivery::Supervisor;
@@ -24,6 +26,16 @@ pub struct ListenerContext {
     pub supervisor: Arc<Supervisor>,
     pub log: Arc<dyn EventLog>,
     pub state: Arc<dyn StateStore>,
+    /// Request-reply: this instance's reply topic and waiting requests.
+    pub replies: Arc<Replies>,
+    /// Builds sinks from specs (a protocol's webhook targets).
+    pub sinks: evmesh_delivery::SinkFactory,
+    /// More HTTP APIs served on the HTTP ingest port (the EventMesh API).
+    pub routes: Arc<HttpRoutes>,
+    /// This instance's stable id (in its state store).
+    pub instance: String,
+    /// State that several listeners of one protocol share (set up once, found by type).
+    pub shared: Arc<Shared>,
     /// `server.maxBodyBytes`.
     pub max_body_bytes: usize,
     /// How long shutdown waits for open requests.
@@ -42,6 +54,10 @@ pub struct ListenerHandle {
 pub trait ListenerConfig: Check + Send + Sync + 'static {
     /// What it is, for logs (`http ingest`, `admin`).
     fn label(&self) -> &'static str;
+    /// Whether to start it at all (a listener may be turned `off`).
+    fn enabled(&self) -> bool {
+        true
+    }
     /// Binds and serves until `cx.stop`.
     fn start(&self, cx: ListenerContext) -> BoxFuture<'static, Result<ListenerHandle, String>>;
 }
@@ -99,5 +115,69 @@ impl ListenAddress {
                 ),
             )]
         }
+    }
+}
+
+/// An HTTP API served on the HTTP ingest port beside ingest itself.
+pub trait HttpRoute: Handler {
+    /// Whether this request is the route's (checked in registration order, before ingest).
+    fn matches(&self, req: &http::Request<hyper::body::Incoming>) -> bool;
+}
+
+/// The HTTP APIs registered for the ingest port.
+#[derive(Default)]
+pub struct HttpRoutes {
+    routes: std::sync::RwLock<Vec<Arc<dyn HttpRoute>>>,
+}
+
+impl HttpRoutes {
+    pub fn add(&self, route: Arc<dyn HttpRoute>) {
+        if let Ok(mut r) = self.routes.write() {
+            r.push(route);
+        }
+    }
+
+    /// The route that takes `req`, if any.
+    pub fn find(&self, req: &http::Request<hyper::body::Incoming>) -> Option<Arc<dyn HttpRoute>> {
+        self.routes
+            .read()
+            .ok()?
+            .iter()
+            .find(|r| r.matches(req))
+            .cloned()
+    }
+}
+
+/// Keeps `Resp` in this module's public surface for route implementors.
+pub type RouteResponse = Resp;
+
+/// Values shared between listeners, one per type (the EventMesh consumer groups, which its TCP
+/// listener and HTTP API both serve).
+#[derive(Default)]
+pub struct Shared {
+    map: tokio::sync::Mutex<
+        std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
+    >,
+}
+
+impl Shared {
+    /// The value of type `T`, made by `init` the first time (once, even when asked
+    /// concurrently).
+    pub async fn get_or_init<T, F, Fut>(&self, init: F) -> Result<Arc<T>, String>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Arc<T>, String>>,
+    {
+        let mut map = self.map.lock().await;
+        if let Some(v) = map.get(&std::any::TypeId::of::<T>()) {
+            return v
+                .clone()
+                .downcast::<T>()
+                .map_err(|_| "a shared value of the wrong type".to_owned());
+        }
+        let v = init().await?;
+        map.insert(std::any::TypeId::of::<T>(), v.clone());
+        Ok(v)
     }
 }

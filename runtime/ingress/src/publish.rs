@@ -21,11 +21,21 @@ impl PublishPath {
 
     /// Stores `events` in `topic` as one unit; resolves once they are durable.
     pub async fn publish(&self, topic: &str, events: &[Event]) -> Result<AppendAck, PublishError> {
-        validate_topic(topic).map_err(PublishError::Invalid)?;
+        check_topic(topic)?;
         self.log
             .append(topic, events)
             .await
             .map_err(|e| classify(topic, e))
+    }
+}
+
+/// A topic publishers may use: a valid name, not one of evmesh's own (`__…`), except a
+/// request-reply topic (`__replies.<instance>`), where a responder may publish its answer.
+fn check_topic(topic: &str) -> Result<(), PublishError> {
+    match topic.strip_prefix(evmesh_core::publish::REPLY_PREFIX) {
+        Some(instance) => evmesh_core::config::validate_name(instance)
+            .map_err(|e| PublishError::Invalid(format!("reply topic {topic:?}: {e}"))),
+        None => validate_topic(topic).map_err(PublishError::Invalid),
     }
 }
 
@@ -46,8 +56,8 @@ impl Publish for PublishPath {
         topic: &str,
         events: &[Event],
     ) -> BoxFuture<'static, Result<AppendAck, PublishError>> {
-        if let Err(e) = validate_topic(topic) {
-            return Box::pin(async move { Err(PublishError::Invalid(e)) });
+        if let Err(e) = check_topic(topic) {
+            return Box::pin(async move { Err(e) });
         }
         let topic = topic.to_owned();
         let fut = self.log.append(&topic, events);

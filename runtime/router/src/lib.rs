@@ -40,6 +40,11 @@ pub enum Origin {
     Config,
     /// Created through the admin API: persisted in the store.
     Api,
+    /// Made by a protocol on behalf of its clients (EventMesh consumer groups): changed through
+    /// that protocol (subscribe / unsubscribe), persisted by it.
+    Protocol,
+    /// evmesh's own (the reply topic of request-reply).
+    Internal,
 }
 
 impl Origin {
@@ -47,7 +52,14 @@ impl Origin {
         match self {
             Origin::Config => "config",
             Origin::Api => "api",
+            Origin::Protocol => "protocol",
+            Origin::Internal => "internal",
         }
+    }
+
+    /// Whether the admin API may change or delete it.
+    pub fn is_api_managed(self) -> bool {
+        self == Origin::Api
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Evmesh {
     child: Option<Child>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The EventMesh TCP listener, when it is on.
+    pub tcp: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
     /// What the process printed on standard output (the console sink writes there).
     pub stdout: Arc<Mutex<String>>,
@@ -79,7 +81,8 @@ impl Evmesh {
             .arg("--data-dir")
             .arg(data_dir)
             .env("EVMESH_SERVER__HTTP", "127.0.0.1:0")
-            .env("EVMESH_SERVER__ADMIN", "127.0.0.1:0");
+            .env("EVMESH_SERVER__ADMIN", "127.0.0.1:0")
+            .env("EVMESH_SERVER__TCP", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -120,9 +123,11 @@ impl Evmesh {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                for (marker, which) in
-                    [("http ingest listening on ", 0), ("admin listening on ", 1)]
-                {
+                for (marker, which) in [
+                    ("http ingest listening on ", 0),
+                    ("admin listening on ", 1),
+                    ("tcp listening on ", 2),
+                ] {
                     if let Some(pos) = line.find(marker) {
                         let addr: SocketAddr = line[pos + marker.len()..].trim().parse().unwrap();
                         let _ = tx.send((which, addr));
@@ -135,22 +140,40 @@ impl Evmesh {
         });
         let mut http = None;
         let mut admin = None;
+        let mut tcp = None;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
+        // The listeners start in order (http, admin, tcp); the ready line says all are up.
+        let log3 = log.clone();
+        let ready = move || log3.lock().unwrap().contains("evmesh ready");
+        while http.is_none() || admin.is_none() || !ready() {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50));
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("evmesh did not start; log:\n{}", log.lock().unwrap());
+            }
             match rx.recv_timeout(left) {
                 Ok((0, a)) => http = Some(a),
-                Ok((_, a)) => admin = Some(a),
+                Ok((1, a)) => admin = Some(a),
+                Ok((_, a)) => tcp = Some(a),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(_) => {
                     let _ = child.kill();
                     panic!("evmesh did not start; log:\n{}", log.lock().unwrap());
                 }
             }
         }
+        while let Ok((k, a)) = rx.try_recv() {
+            if k == 2 {
+                tcp = Some(a);
+            }
+        }
         Evmesh {
             child: Some(child),
             http: http.unwrap(),
             admin: admin.unwrap(),
+            tcp,
             log,
             stdout,
             data_dir: data_dir.to_owned(),
