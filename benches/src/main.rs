@@ -146,7 +146,7 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
         let report = match scenario {
             "bare" => {
                 let mut child = spawn(&self_exe()?, &["--bare-server"], &[])?;
-                let addr = wait_addr(&mut child, "bare server listening on ")?;
+                let addr = wait_addr(&mut child, "bare server listening on ", None)?;
                 let r = drive(
                     "bare-hyper",
                     addr,
@@ -344,13 +344,22 @@ fn spawn(exe: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Result<C
     c.spawn().context("starting a server")
 }
 
-fn wait_addr(child: &mut Child, marker: &str) -> Result<SocketAddr> {
+/// Reads the child's log until `marker` names its address and, when `ready` is given, until
+/// that line too (every listener of the server is bound by then).
+fn wait_addr(child: &mut Child, marker: &str, ready: Option<&str>) -> Result<SocketAddr> {
     let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
     let mut lines = BufReader::new(stderr).lines();
+    let mut addr: Option<SocketAddr> = None;
     for line in lines.by_ref() {
         let line = line?;
         if let Some(p) = line.find(marker) {
-            let addr = line[p + marker.len()..].trim().parse()?;
+            addr = Some(line[p + marker.len()..].trim().parse()?);
+        }
+        let done = match ready {
+            Some(r) => line.contains(r),
+            None => addr.is_some(),
+        };
+        if let (true, Some(addr)) = (done, addr) {
             // Keep draining so the child never blocks on a full pipe (and show the server's
             // log with BENCH_SERVER_LOG=1).
             let show = std::env::var_os("BENCH_SERVER_LOG").is_some();
@@ -403,7 +412,7 @@ pub(crate) fn evmesh(
         &["serve", "--config", &cfg_s, "--data-dir", &data_s],
         &all,
     )?;
-    let addr = wait_addr(&mut child, "http ingest listening on ")?;
+    let addr = wait_addr(&mut child, "http ingest listening on ", Some("evmesh ready"))?;
     Ok((child, addr))
 }
 
