@@ -23,6 +23,8 @@ scripts/deps.sh
 t0=$(date +%s)
 scripts/kafka-broker.sh install
 export TANSU_BIN="$(scripts/kafka-broker.sh path)"
+scripts/rocketmq-broker.sh install
+export ROCKETMQ_BIN_DIR="$(scripts/rocketmq-broker.sh path)"
 say "brokers ready in $(( $(date +%s) - t0 ))s"
 if [ ! -d ../shared/conformance ]; then
     say "../shared/conformance is missing; the conformance suites read their vectors there"

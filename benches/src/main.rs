@@ -9,7 +9,10 @@
 //! The subscription matcher and the WASM filter have in-process micro-benchmarks of their own:
 //! `cargo bench -p evmesh-router --bench matcher` and `cargo bench -p evmesh-plugin-host
 //! --bench wasm`.
+// The RocketMQ client's types nest deeply enough to need more than the default.
+#![recursion_limit = "256"]
 
+mod rocketmq;
 mod tcp;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -48,7 +51,8 @@ pub struct BenchArgs {
     /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, batch, e2e,
     /// e2e-batch, e2e-filter-none/builtin/wasm, tcp-publish-1, tcp-publish-64 (SDK
     /// publishers over the EventMesh TCP protocol), tcp-push-1, tcp-push-8 (SDK subscribers),
-    /// kafka-sink, kafka-store-ingest, kafka-store-e2e (these three need --kafka).
+    /// kafka-sink, kafka-store-ingest, kafka-store-e2e (these three need --kafka),
+    /// rocketmq-sink, rocketmq-store-ingest, rocketmq-store-e2e (these three need --rocketmq).
     #[arg(long, default_value = "bare,binary-always,binary-interval,batch,e2e")]
     scenarios: String,
     /// A WASM filter component for the `e2e-filter-wasm` scenario (e.g. the example
@@ -59,6 +63,10 @@ pub struct BenchArgs {
     /// scenarios (e.g. a broker from `scripts/kafka-broker.sh start`).
     #[arg(long)]
     kafka: Option<String>,
+    /// A RocketMQ name server for the `rocketmq-*` scenarios (e.g. from
+    /// `scripts/rocketmq-broker.sh start`: 127.0.0.1:9876).
+    #[arg(long)]
+    rocketmq: Option<String>,
     /// Run only the bare baseline server and print its address (the other scenarios start
     /// it this way).
     #[arg(long)]
@@ -250,6 +258,13 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                     }
                 }
             }
+            "rocketmq-sink" | "rocketmq-store-ingest" | "rocketmq-store-e2e" => {
+                let Some(namesrv) = args.rocketmq.clone() else {
+                    println!("{scenario:<16} skipped: pass --rocketmq HOST:PORT (scripts/rocketmq-broker.sh start)");
+                    continue;
+                };
+                rocketmq::run(scenario, &dir, &args, &namesrv, payload.clone()).await?
+            }
             "tcp-publish-1" | "tcp-publish-64" => {
                 let n = if scenario.ends_with("-64") { 64 } else { 1 };
                 let mut r = tcp::publish(&args, &dir, scenario, n, payload.clone()).await?;
@@ -275,7 +290,7 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
 
 type ReqFn = dyn Fn(u64) -> (Vec<(&'static str, String)>, Bytes) + Send + Sync;
 
-fn binary_request(
+pub(crate) fn binary_request(
     payload: Bytes,
 ) -> impl Fn(u64) -> (Vec<(&'static str, String)>, Bytes) + Send + Sync + Clone {
     move |n: u64| {
@@ -412,11 +427,15 @@ pub(crate) fn evmesh(
         &["serve", "--config", &cfg_s, "--data-dir", &data_s],
         &all,
     )?;
-    let addr = wait_addr(&mut child, "http ingest listening on ", Some("evmesh ready"))?;
+    let addr = wait_addr(
+        &mut child,
+        "http ingest listening on ",
+        Some("evmesh ready"),
+    )?;
     Ok((child, addr))
 }
 
-async fn drive(
+pub(crate) async fn drive(
     name: &str,
     addr: SocketAddr,
     args: &BenchArgs,
@@ -586,7 +605,7 @@ async fn kafka_sink(
     })
 }
 
-async fn e2e_with(
+pub(crate) async fn e2e_with(
     dir: &std::path::Path,
     args: &BenchArgs,
     payload: Bytes,
@@ -680,6 +699,7 @@ async fn e2e_with(
             bare_server: false,
             plugin: None,
             kafka: None,
+            rocketmq: None,
         };
         drive(name, addr, &few, req, n as u64).await
     } else {

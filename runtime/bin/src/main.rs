@@ -57,10 +57,24 @@ enum Command {
     },
 }
 
+/// The log filter: `RUST_LOG` (default `info`). The RocketMQ client logs its routine work
+/// (heartbeats, rebalances, shutdown reports) at info and warn; evmesh reports what matters of
+/// it itself, so the client is held to errors unless `RUST_LOG` names it.
+fn log_filter(rust_log: Option<&str>) -> String {
+    let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    if spec.contains("rocketmq") {
+        spec.to_owned()
+    } else {
+        format!("{spec},rocketmq_client_rust=error,rocketmq_transport=error,rocketmq_runtime=error")
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

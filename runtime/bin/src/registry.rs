@@ -13,6 +13,7 @@ pub fn sinks() -> Kinds<dyn SinkConfig> {
         vec![
             sink::<evmesh_connector_webhook::WebhookSinkConfig>(),
             sink::<evmesh_connector_kafka::KafkaSinkConfig>(),
+            sink::<evmesh_connector_rocketmq::RocketMqSinkConfig>(),
             sink::<evmesh_connector_console::ConsoleSinkConfig>(),
         ],
     )
@@ -22,7 +23,10 @@ pub fn sinks() -> Kinds<dyn SinkConfig> {
 pub fn sources() -> Kinds<dyn SourceConfig> {
     Kinds::new(
         "source",
-        vec![source::<evmesh_connector_kafka::KafkaSourceConfig>()],
+        vec![
+            source::<evmesh_connector_kafka::KafkaSourceConfig>(),
+            source::<evmesh_connector_rocketmq::RocketMqSourceConfig>(),
+        ],
     )
 }
 
@@ -33,6 +37,7 @@ pub fn logs() -> Kinds<dyn LogConfig> {
         vec![
             log::<evmesh_log::EmbeddedLogConfig>(),
             log::<evmesh_connector_kafka::KafkaStoreConfig>(),
+            log::<evmesh_connector_rocketmq::RocketMqStoreConfig>(),
         ],
     )
 }

@@ -7,28 +7,8 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Builds every example plugin (once per run; cargo makes concurrent builds wait) and returns
-/// the directory of the `.wasm` files.
 fn plugins() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let manifest = root.join("plugins/examples/Cargo.toml");
-    let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()
-        .expect("running cargo for the example plugins");
-    assert!(
-        out.status.success(),
-        "building the example plugins failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    root.join("plugins/examples/target/wasm32-wasip2/release")
+    example_plugins()
 }
 
 fn wasm(dir: &std::path::Path, name: &str) -> String {

@@ -15,6 +15,11 @@ fn readme() -> String {
 
 /// The `sh` blocks of the section headed `heading`, in order.
 fn blocks(text: &str, heading: &str) -> Vec<String> {
+    blocks_of(text, heading, "sh")
+}
+
+/// The code blocks of language `lang` of the section headed `heading`, in order.
+fn blocks_of(text: &str, heading: &str, lang: &str) -> Vec<String> {
     let start = text
         .find(heading)
         .unwrap_or_else(|| panic!("README has no {heading:?}"));
@@ -23,7 +28,7 @@ fn blocks(text: &str, heading: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut lines = section.lines();
     while let Some(l) = lines.next() {
-        if l.trim() == "```sh" {
+        if l.trim() == format!("```{lang}") {
             let mut block = String::new();
             for l in lines.by_ref() {
                 if l.trim() == "```" {
@@ -143,4 +148,32 @@ async fn readme_tour_runs_as_written_on_default_ports() {
     let _ = hook.wait();
     // Ctrl-C: a clean exit.
     assert!(ev.terminate().success());
+}
+
+/// Every YAML block of the configuration reference is a configuration `evmesh validate` takes
+/// (the reference shows real keys, not a sketch of them).
+#[test]
+fn configuration_reference_blocks_validate() {
+    let text = readme();
+    let yaml = blocks_of(&text, "## Configuration reference", "yaml");
+    assert!(yaml.len() >= 3, "the reference has its YAML blocks");
+    // The reference's plugins are the examples, named relative to the repository.
+    example_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, block) in yaml.iter().enumerate() {
+        let path = dir.path().join(format!("block{i}.yaml"));
+        std::fs::write(&path, block).unwrap();
+        let out = Command::new(evmesh_bin())
+            .arg("validate")
+            .arg(&path)
+            .current_dir(repo_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README configuration block {i} does not validate:\n{}{}\n{block}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

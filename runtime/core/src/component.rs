@@ -103,6 +103,9 @@ pub struct SinkContext {
     pub subscription: String,
     /// The topic it reads.
     pub topic: String,
+    /// The subscription's ordering: with [`Ordering::Key`], a sink whose destination has
+    /// partitions keeps the events of one key on one of them.
+    pub ordering: crate::config::Ordering,
 }
 
 /// A sink's settings.

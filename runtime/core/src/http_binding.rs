@@ -13,7 +13,7 @@ use bytes::Bytes;
 /// How a protocol binding names and encodes binary-mode attribute headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderStyle {
-    /// `ce-` for HTTP, `ce_` for Kafka.
+    /// `ce-` for HTTP, `ce_` for Kafka, `CE_` for RocketMQ.
     pub prefix: &'static str,
     /// HTTP percent-encodes header values; Kafka carries raw UTF-8.
     pub percent_encoded: bool,
@@ -26,6 +26,11 @@ impl HeaderStyle {
     };
     pub const KAFKA: HeaderStyle = HeaderStyle {
         prefix: "ce_",
+        percent_encoded: false,
+    };
+    /// The CloudEvents RocketMQ binding: `CE_<attribute>` message properties, raw UTF-8.
+    pub const ROCKETMQ: HeaderStyle = HeaderStyle {
+        prefix: "CE_",
         percent_encoded: false,
     };
 

@@ -102,6 +102,7 @@ impl Supervisor {
         let cx = SinkContext {
             subscription: config.name.clone(),
             topic: config.topic.clone(),
+            ordering: config.ordering,
         };
         let sink = (self.factory)(&config.sink, &cx).map_err(|message| DeliveryError::Sink {
             name: config.name.clone(),
@@ -134,6 +135,7 @@ impl Supervisor {
                 let cx = SinkContext {
                     subscription: name.clone(),
                     topic: route.config.topic.clone(),
+                    ordering: route.config.ordering,
                 };
                 Some(
                     (self.factory)(c, &cx).map_err(|message| DeliveryError::Sink {

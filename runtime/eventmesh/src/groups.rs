@@ -331,6 +331,7 @@ impl Groups {
         let cx = SinkContext {
             subscription: group.name.clone(),
             topic: group.key.topic.clone(),
+            ordering: Default::default(),
         };
         let sink = (self.sinks)(&spec, &cx)?;
         if let Ok(mut ws) = group.webhooks.lock() {

@@ -34,6 +34,30 @@ pub fn repo_dir() -> PathBuf {
 
 /// The `evmesh` binary under test: `$EVMESH_BIN`, or the one nextest names, or the one cargo
 /// built beside the running test (`target/<profile>/evmesh`).
+/// Builds every example WASM plugin from source (once per run; cargo makes concurrent builds
+/// wait) and returns the folder of the `.wasm` files.
+pub fn example_plugins() -> PathBuf {
+    let root = repo_dir();
+    let manifest = root.join("plugins/examples/Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .output()
+        .expect("running cargo for the example plugins");
+    assert!(
+        out.status.success(),
+        "building the example plugins failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root.join("plugins/examples/target/wasm32-wasip2/release")
+}
+
 pub fn evmesh_bin() -> PathBuf {
     if let Some(p) =
         std::env::var_os("EVMESH_BIN").or_else(|| std::env::var_os("NEXTEST_BIN_EXE_evmesh"))

@@ -54,6 +54,9 @@ fn wait_port(port: u16, timeout: Duration) -> bool {
     false
 }
 
+pub mod client;
+pub mod compliance;
+
 /// A running name server and broker.
 pub struct RocketMq {
     dir: tempfile::TempDir,
@@ -89,6 +92,15 @@ impl RocketMq {
     /// The name server address clients use.
     pub fn namesrv(&self) -> String {
         format!("127.0.0.1:{}", self.namesrv_port)
+    }
+
+    /// The logs of the name server and of the broker's latest start (for failure messages).
+    pub fn logs(&self) -> String {
+        format!(
+            "--- name server\n{}\n--- broker\n{}",
+            self.log("namesrv.log"),
+            self.log(&format!("broker-{}.log", self.starts))
+        )
     }
 
     fn log(&self, name: &str) -> String {
@@ -141,10 +153,27 @@ impl RocketMq {
         let child = self.spawn(cmd, &log);
         self.broker = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !self
-            .log(&log)
-            .contains("Register broker to name remoting_server success")
-        {
+        loop {
+            let text = self.log(&log);
+            // The broker registers, then checks that its store is writable and rolls its
+            // start back if not; the most common reason is a disk more than 90% full (its
+            // hard limit, counted as (size - available) / size).
+            if text.contains("Rolling back broker startup") {
+                let df = Command::new("df")
+                    .arg("-h")
+                    .arg(self.dir.path())
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "the RocketMQ broker gave up starting; it refuses to when (size - available) / size of its disk is over 90%:\n{df}\n{text}"
+                );
+            }
+            if text.contains("started successfully")
+                && text.contains("Register broker to name remoting_server success")
+            {
+                break;
+            }
             assert!(
                 Instant::now() < deadline,
                 "the RocketMQ broker did not register:\n{}",
