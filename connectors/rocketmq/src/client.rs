@@ -5,7 +5,7 @@
 use crate::binding::{self, InMessage, OutMessage};
 use crate::RocketMqError;
 use cheetah_string::CheetahString;
-use rocketmq_client_rust::{ClientRuntime, ClientRuntimeConfig, DefaultMQProducer};
+use rocketmq_client_rust::{ClientRuntime, ClientRuntimeConfig, DefaultMQProducer, SendResult};
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_model::message::MessageQueue;
@@ -43,29 +43,247 @@ pub fn runtime() -> Result<Arc<ClientRuntime>, RocketMqError> {
         .map_err(RocketMqError::Client)
 }
 
-/// A started producer for `namesrv`, shared (producers send to any topic).
-pub async fn producer(namesrv: &str, group: &str) -> Result<Arc<DefaultMQProducer>, RocketMqError> {
-    type Producers = tokio::sync::Mutex<HashMap<(String, String), Arc<DefaultMQProducer>>>;
-    static PRODUCERS: OnceLock<Producers> = OnceLock::new();
-    let producers = PRODUCERS.get_or_init(Default::default);
-    let mut map = producers.lock().await;
-    let key = (namesrv.to_owned(), group.to_owned());
-    if let Some(p) = map.get(&key) {
-        return Ok(p.clone());
+/// One RocketMQ cluster as evmesh's producers see it (per name server list and producer
+/// group, shared by every sink and the store of the process): a started producer, the queues
+/// of each topic, and one sender per queue that batches.
+///
+/// Sends to one queue go out in order, in batches: every message waiting when the previous
+/// batch left goes in the next one (up to [`BATCH_MESSAGES`] or [`BATCH_BYTES`]), so concurrent
+/// publishers and deliveries share round trips (the broker takes a batch in about the time of
+/// one message) and one queue keeps the order its messages were handed over in.
+pub struct Cluster {
+    namesrv: String,
+    producer: Arc<DefaultMQProducer>,
+    /// Route look-ups and topic creation (these calls take `&mut`).
+    meta: tokio::sync::Mutex<DefaultMQProducer>,
+    routes: std::sync::Mutex<HashMap<String, (std::time::Instant, Vec<MessageQueue>)>>,
+    senders: std::sync::Mutex<HashMap<MessageQueue, tokio::sync::mpsc::UnboundedSender<Pending>>>,
+    rr: std::sync::atomic::AtomicUsize,
+}
+
+/// Most messages in one batch.
+pub const BATCH_MESSAGES: usize = 256;
+/// Most body bytes in one batch (RocketMQ's default limit is 4 MiB for the whole batch).
+pub const BATCH_BYTES: usize = 1024 * 1024;
+/// How long a cached queue list is used before it is looked up again.
+const ROUTE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+struct Pending {
+    msg: Message,
+    size: usize,
+    timeout_ms: u64,
+    done: tokio::sync::oneshot::Sender<Result<SendResult, rocketmq_client_rust::ClientError>>,
+}
+
+impl Cluster {
+    /// The shared handle for `namesrv` and producer `group`, started on first use.
+    pub async fn get(namesrv: &str, group: &str) -> Result<Arc<Cluster>, RocketMqError> {
+        type Clusters = tokio::sync::Mutex<HashMap<(String, String), Arc<Cluster>>>;
+        static CLUSTERS: OnceLock<Clusters> = OnceLock::new();
+        let clusters = CLUSTERS.get_or_init(Default::default);
+        let mut map = clusters.lock().await;
+        let key = (namesrv.to_owned(), group.to_owned());
+        if let Some(c) = map.get(&key) {
+            return Ok(c.clone());
+        }
+        let rt = runtime()?;
+        let start = |group: String| {
+            let rt = rt.clone();
+            async move {
+                let mut p = DefaultMQProducer::builder(rt)
+                    .producer_group(group)
+                    .name_server_addr(namesrv)
+                    // evmesh retries through each subscription's policy; one retry inside
+                    // the client covers a broker that just went away.
+                    .retry_times_when_send_failed(1)
+                    .build();
+                p.start().await.map_err(|e| {
+                    RocketMqError::Client(format!(
+                        "starting a producer for {namesrv}: {}",
+                        describe(&e)
+                    ))
+                })?;
+                Ok::<_, RocketMqError>(p)
+            }
+        };
+        let producer = start(group.to_owned()).await?;
+        let meta = start(format!("{group}_meta")).await?;
+        let c = Arc::new(Cluster {
+            namesrv: namesrv.to_owned(),
+            producer: Arc::new(producer),
+            meta: tokio::sync::Mutex::new(meta),
+            routes: Default::default(),
+            senders: Default::default(),
+            rr: Default::default(),
+        });
+        map.insert(key, c.clone());
+        Ok(c)
     }
-    let mut p = DefaultMQProducer::builder(runtime()?)
-        .producer_group(group)
-        .name_server_addr(namesrv)
-        // evmesh retries through each subscription's policy; one retry inside the client
-        // covers a broker that just went away.
-        .retry_times_when_send_failed(1)
-        .build();
-    p.start()
-        .await
-        .map_err(|e| RocketMqError::Client(format!("starting a producer for {namesrv}: {e}")))?;
-    let p = Arc::new(p);
-    map.insert(key, p.clone());
-    Ok(p)
+
+    pub fn namesrv(&self) -> &str {
+        &self.namesrv
+    }
+
+    /// The queues messages of `topic` can be sent to (cached for a while); empty when the
+    /// topic has no route.
+    pub async fn queues(&self, topic: &str) -> Vec<MessageQueue> {
+        if let Ok(r) = self.routes.lock() {
+            if let Some((at, q)) = r.get(topic) {
+                if at.elapsed() < ROUTE_TTL && !q.is_empty() {
+                    return q.clone();
+                }
+            }
+        }
+        let q = self
+            .meta
+            .lock()
+            .await
+            .fetch_publish_message_queues(topic)
+            .await
+            .unwrap_or_default();
+        if !q.is_empty() {
+            if let Ok(mut r) = self.routes.lock() {
+                r.insert(topic.to_owned(), (std::time::Instant::now(), q.clone()));
+            }
+        }
+        q
+    }
+
+    /// Forgets the cached queues of `topic` (after a failed send: it may have moved).
+    pub fn forget(&self, topic: &str) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.remove(topic);
+        }
+    }
+
+    /// Creates (or updates) `topic` with `queues` queues through the topic RocketMQ creates
+    /// topics from (`TBW102`).
+    pub async fn create_topic(&self, topic: &str, queues: i32) -> Result<(), String> {
+        self.meta
+            .lock()
+            .await
+            .create_topic("TBW102", topic, queues, HashMap::new())
+            .await
+            .map_err(|e| describe(&e))
+    }
+
+    /// The next queue of `queues` in turn.
+    pub fn round_robin(&self, queues: &[MessageQueue]) -> Option<MessageQueue> {
+        if queues.is_empty() {
+            return None;
+        }
+        let i = self.rr.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % queues.len();
+        queues.get(i).cloned()
+    }
+
+    /// Sends `msg` to `mq` through that queue's batching sender; resolves with the broker's
+    /// answer for the batch it went in.
+    pub async fn send(
+        &self,
+        mq: MessageQueue,
+        msg: Message,
+        size: usize,
+        timeout: std::time::Duration,
+    ) -> Result<SendResult, rocketmq_client_rust::ClientError> {
+        self.submit(mq, msg, size, timeout)?.await
+    }
+
+    /// Hands `msg` to `mq`'s sender now (messages handed to one queue go out in the order
+    /// they were handed over); the returned future resolves with the broker's answer.
+    pub fn submit(
+        &self,
+        mq: MessageQueue,
+        msg: Message,
+        size: usize,
+        timeout: std::time::Duration,
+    ) -> Result<
+        impl std::future::Future<Output = Result<SendResult, rocketmq_client_rust::ClientError>>,
+        rocketmq_client_rust::ClientError,
+    > {
+        use rocketmq_client_rust::ClientError;
+        let stopped = || ClientError::service_failed("the queue's sender stopped");
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            msg,
+            size,
+            timeout_ms: u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            done,
+        };
+        let tx = {
+            let mut senders = self.senders.lock().map_err(|_| stopped())?;
+            senders
+                .entry(mq.clone())
+                .or_insert_with(|| {
+                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(send_loop(self.producer.clone(), mq.clone(), rx));
+                    tx
+                })
+                .clone()
+        };
+        tx.send(pending).map_err(|_| stopped())?;
+        Ok(async move { rx.await.map_err(|_| stopped())? })
+    }
+}
+
+/// One queue's sender: takes what is waiting, sends it as one batch (or one message), hands
+/// every waiter the answer, repeats.
+async fn send_loop(
+    producer: Arc<DefaultMQProducer>,
+    mq: MessageQueue,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.size;
+        let mut timeout_ms = first.timeout_ms;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MESSAGES {
+            match rx.try_recv() {
+                Ok(p) if bytes + p.size <= BATCH_BYTES => {
+                    bytes += p.size;
+                    timeout_ms = timeout_ms.min(p.timeout_ms);
+                    batch.push(p);
+                }
+                Ok(p) => {
+                    carry = Some(p);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let (msgs, waiters): (Vec<Message>, Vec<_>) =
+            batch.into_iter().map(|p| (p.msg, p.done)).unzip();
+        let result = if msgs.len() == 1 {
+            let mut msgs = msgs;
+            match msgs.pop() {
+                Some(m) => producer
+                    .send_to_queue_with_timeout(m, mq.clone(), timeout_ms)
+                    .await
+                    .and_then(|r| {
+                        r.ok_or_else(|| {
+                            rocketmq_client_rust::ClientError::illegal_argument("no send result")
+                        })
+                    }),
+                None => continue,
+            }
+        } else {
+            producer
+                .send_batch_to_queue_with_timeout(msgs, mq.clone(), timeout_ms)
+                .await
+        };
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
 }
 
 /// A client error with the message the client keeps inside it (its `Display` says only the

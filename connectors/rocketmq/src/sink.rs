@@ -3,16 +3,14 @@
 //! queue (RocketMQ's hash selector rule), so consumers see them in order.
 
 use crate::binding;
-use crate::client::{self, queue_for_key};
+use crate::client::{self, queue_for_key, Cluster};
 use crate::config::{RocketMqMode, RocketMqSinkConfig};
 use evmesh_core::component::{SinkConfig, SinkContext};
 use evmesh_core::config::Ordering;
 use evmesh_core::sink::{Delivered, Sink, SinkError, SinkHealth};
 use evmesh_core::Event;
 use futures_util::future::BoxFuture;
-use rocketmq_client_rust::{ClientError, DefaultMQProducer, SendResult, SendStatus};
-use rocketmq_model::common::message::message_single::Message;
-use rocketmq_model::message::MessageQueue;
+use rocketmq_client_rust::{ClientError, SendResult, SendStatus};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -28,7 +26,7 @@ pub struct RocketMqSink {
     ordered: bool,
     /// Started on first use, so that a name server that is down when evmesh starts is a
     /// retried delivery rather than a refused configuration.
-    producer: OnceCell<Arc<DefaultMQProducer>>,
+    cluster: OnceCell<Arc<Cluster>>,
     health: Mutex<SinkHealth>,
 }
 
@@ -37,14 +35,14 @@ impl RocketMqSink {
         RocketMqSink {
             cfg: cfg.clone(),
             ordered: ordering == Ordering::Key,
-            producer: OnceCell::new(),
+            cluster: OnceCell::new(),
             health: Mutex::new(SinkHealth::Unknown),
         }
     }
 
-    async fn producer(&self) -> Result<&Arc<DefaultMQProducer>, SinkError> {
-        self.producer
-            .get_or_try_init(|| client::producer(&self.cfg.namesrv, &self.cfg.producer_group))
+    async fn cluster(&self) -> Result<&Arc<Cluster>, SinkError> {
+        self.cluster
+            .get_or_try_init(|| Cluster::get(&self.cfg.namesrv, &self.cfg.producer_group))
             .await
             .map_err(|e| SinkError::retryable(e.to_string()))
     }
@@ -52,43 +50,42 @@ impl RocketMqSink {
     async fn send(&self, event: &Event, timeout: Duration) -> Result<Delivered, SinkError> {
         let out = binding::encode(event, self.cfg.mode, &self.cfg.keys)
             .map_err(|e| SinkError::not_retryable(e.to_string()))?;
-        if out.body.len() > self.cfg.max_message_size {
+        let size = out.body.len();
+        if size > self.cfg.max_message_size {
             return Err(SinkError::not_retryable(format!(
-                "rocketmq topic {}: a body of {} bytes is over maxMessageSize ({})",
-                self.cfg.topic,
-                out.body.len(),
-                self.cfg.max_message_size
+                "rocketmq topic {}: a body of {size} bytes is over maxMessageSize ({})",
+                self.cfg.topic, self.cfg.max_message_size
             )));
         }
         let msg = client::message(&self.cfg.topic, self.cfg.tag.as_deref(), out)
             .map_err(|e| SinkError::not_retryable(format!("rocketmq message: {e}")))?;
-        let producer = self.producer().await?;
-        let ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let cluster = self.cluster().await?;
+        let queues = cluster.queues(&self.cfg.topic).await;
+        // With `ordering: key`, one key's events go to one queue (and, sent one at a time by
+        // the delivery stream, arrive in order); otherwise they are spread.
         let key = self.ordered.then(|| event.partition_key()).flatten();
-        let sent = match key {
-            Some(key) => {
-                tokio::time::timeout(
-                    timeout,
-                    producer.send_with_selector_timeout(
-                        msg,
-                        |qs: &[MessageQueue], _m: &Message, k: &String| queue_for_key(qs, k),
-                        key,
-                        ms,
-                    ),
-                )
-                .await
-            }
-            None => tokio::time::timeout(timeout, producer.send_with_timeout(msg, ms)).await,
+        let mq = match key {
+            Some(k) => queue_for_key(&queues, &k),
+            None => cluster.round_robin(&queues),
         };
-        let result = match sent {
-            Err(_) => Err(SinkError::retryable(format!(
-                "rocketmq topic {}: no answer within {timeout:?}",
+        let result = match mq {
+            None => Err(SinkError::retryable(format!(
+                "rocketmq topic {}: no route (the topic does not exist, or no broker has it)",
                 self.cfg.topic
             ))),
-            Ok(r) => outcome(&self.cfg.topic, r),
+            Some(mq) => {
+                match tokio::time::timeout(timeout, cluster.send(mq, msg, size, timeout)).await {
+                    Err(_) => Err(SinkError::retryable(format!(
+                        "rocketmq topic {}: no answer within {timeout:?}",
+                        self.cfg.topic
+                    ))),
+                    Ok(r) => outcome(&self.cfg.topic, r.map(Some)),
+                }
+            }
         };
+        if result.is_err() {
+            cluster.forget(&self.cfg.topic);
+        }
         if let Ok(mut h) = self.health.lock() {
             *h = match &result {
                 Ok(_) => SinkHealth::Ready,

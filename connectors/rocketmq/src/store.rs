@@ -22,7 +22,7 @@
 //! - Events reach a queue's reader only in offset order with no gap: a hole makes the demux
 //!   seek back to where the reader is, so a commit never covers an event not handed out.
 
-use crate::client::{self, partition_of, queue_for_key};
+use crate::client::{self, partition_of, queue_for_key, Cluster};
 use crate::config::{RocketMqMode, RocketMqStoreConfig};
 use crate::names::{escaped, unescaped};
 use crate::RocketMqError;
@@ -34,21 +34,18 @@ use evmesh_store::{
 };
 use futures_util::future::BoxFuture;
 use rocketmq_client_rust::{
-    DefaultLitePullConsumer, DefaultMQAdminExt, DefaultMQProducer, PullStatus, SendStatus,
-    TopicAdmin,
+    DefaultLitePullConsumer, DefaultMQAdminExt, PullStatus, SendStatus, TopicAdmin,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::message::MessageQueue;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// A queue's reader pauses pulling past this many buffered events, resumes below half.
 const BUFFER_HIGH: usize = 8192;
-/// The topic RocketMQ creates topics from.
-const CREATE_KEY: &str = "TBW102";
 /// The `type` of a message in the store that evmesh did not write.
 const FOREIGN_TYPE: &str = "dev.evmesh.rocketmq.message";
 
@@ -71,15 +68,12 @@ pub struct RocketMqStore {
 
 struct Inner {
     cfg: RocketMqStoreConfig,
-    /// Sends (shared, `&self`).
-    producer: Arc<DefaultMQProducer>,
-    /// Creates topics and looks up their queues (these calls need `&mut`).
-    topics: tokio::sync::Mutex<DefaultMQProducer>,
+    /// Sends (batched per queue), creates topics, knows their queues.
+    cluster: Arc<Cluster>,
     /// Reads by offset, without joining a group (dead-letter lists).
     reader: tokio::sync::OnceCell<Reader>,
-    /// Publish queues of each RocketMQ topic already made ready.
-    queues: Mutex<HashMap<String, Vec<MessageQueue>>>,
-    rr: AtomicUsize,
+    /// RocketMQ topics made ready (created, or found) by this instance.
+    ready: Mutex<HashSet<String>>,
     state: Arc<dyn StateStore>,
 }
 
@@ -108,15 +102,7 @@ impl RocketMqStore {
     ) -> Result<Self, RocketMqError> {
         let rt = client::runtime()?;
         let group = escaped(&cfg.group_prefix, "store").map_err(RocketMqError::Client)?;
-        let producer = client::producer(&cfg.namesrv, &group).await?;
-        let mut topics = DefaultMQProducer::builder(rt.clone())
-            .producer_group(escaped(&cfg.group_prefix, "topics").map_err(RocketMqError::Client)?)
-            .name_server_addr(cfg.namesrv.as_str())
-            .build();
-        topics
-            .start()
-            .await
-            .map_err(|e| RocketMqError::Client(e.to_string()))?;
+        let cluster = Cluster::get(&cfg.namesrv, &group).await?;
         // The name server must answer now: a wrong address is a start-up error, not a hang
         // on the first publish.
         let namesrv = cfg.namesrv.clone();
@@ -134,11 +120,9 @@ impl RocketMqStore {
         Ok(RocketMqStore {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                producer,
-                topics: tokio::sync::Mutex::new(topics),
+                cluster,
                 reader: tokio::sync::OnceCell::new(),
-                queues: Mutex::new(HashMap::new()),
-                rr: AtomicUsize::new(0),
+                ready: Mutex::new(HashSet::new()),
                 state,
             }),
         })
@@ -159,152 +143,102 @@ impl Inner {
         escaped(&self.cfg.group_prefix, name).map_err(|_| StoreError::InvalidName(name.into()))
     }
 
-    fn cached_queues(&self, rt: &str) -> Option<Vec<MessageQueue>> {
-        self.queues.lock().ok()?.get(rt).cloned()
+    fn is_ready(&self, rt: &str) -> bool {
+        self.ready.lock().is_ok_and(|r| r.contains(rt))
     }
 
     /// Creates the topic on first use (an existing one is kept) and returns its queues.
     async fn ready(&self, topic: &str) -> Result<(String, Vec<MessageQueue>), StoreError> {
         let rt = self.rocketmq_topic(topic)?;
-        if let Some(q) = self.cached_queues(&rt) {
-            return Ok((rt, q));
-        }
-        let mut p = self.topics.lock().await;
-        if let Some(q) = self.cached_queues(&rt) {
-            return Ok((rt, q));
-        }
-        let existing = p
-            .fetch_publish_message_queues(&rt)
-            .await
-            .unwrap_or_default();
-        let queues = if existing.is_empty() {
-            let n = if topic.starts_with("__") {
-                1
-            } else {
-                self.cfg.queues
-            };
-            p.create_topic(CREATE_KEY, &rt, n as i32, HashMap::new())
-                .await
-                .map_err(|e| {
-                    backend(
-                        &format!("creating RocketMQ topic {rt}"),
-                        client::describe(&e),
-                    )
-                })?;
-            tracing::debug!(topic = %rt, queues = n, "rocketmq topic created");
-            let mut q = Vec::new();
-            for _ in 0..50 {
-                q = p
-                    .fetch_publish_message_queues(&rt)
-                    .await
-                    .unwrap_or_default();
-                if !q.is_empty() {
-                    break;
+        let queues = self.cluster.queues(&rt).await;
+        if !queues.is_empty() {
+            if !self.is_ready(&rt) {
+                if let Ok(mut r) = self.ready.lock() {
+                    r.insert(rt.clone());
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if q.is_empty() {
-                return Err(StoreError::Backend(format!(
-                    "RocketMQ topic {rt} was created but has no route yet"
-                )));
-            }
-            q
+            return Ok((rt, queues));
+        }
+        let n = if topic.starts_with("__") {
+            1
         } else {
-            existing
+            self.cfg.queues
         };
-        if let Ok(mut m) = self.queues.lock() {
-            m.insert(rt.clone(), queues.clone());
+        self.cluster
+            .create_topic(&rt, i32::try_from(n).unwrap_or(4))
+            .await
+            .map_err(|e| backend(&format!("creating RocketMQ topic {rt}"), e))?;
+        tracing::debug!(topic = %rt, queues = n, "rocketmq topic created");
+        for _ in 0..50 {
+            let q = self.cluster.queues(&rt).await;
+            if !q.is_empty() {
+                if let Ok(mut r) = self.ready.lock() {
+                    r.insert(rt.clone());
+                }
+                return Ok((rt, q));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok((rt, queues))
-    }
-
-    fn forget(&self, rt: &str) {
-        if let Ok(mut m) = self.queues.lock() {
-            m.remove(rt);
-        }
+        Err(StoreError::Backend(format!(
+            "RocketMQ topic {rt} was created but has no route yet"
+        )))
     }
 
     async fn append(&self, topic: &str, events: &[Event]) -> Result<AppendAck, StoreError> {
         let (rt, queues) = self.ready(topic).await?;
-        // Events per queue, in request order; queues are written concurrently, each in order.
-        let mut per_queue: Vec<(MessageQueue, Vec<&Event>)> = Vec::new();
+        let timeout = self.cfg.send_timeout.0;
+        // Every event is handed to its queue's sender in request order (one key, one queue,
+        // one order); the senders batch what is waiting, queues in parallel.
+        let mut pending = Vec::with_capacity(events.len());
         for e in events {
-            let q = match e.partition_key() {
+            let mq = match e.partition_key() {
                 Some(k) => queue_for_key(&queues, &k),
-                None => {
-                    let i = self.rr.fetch_add(1, Ordering::Relaxed) % queues.len().max(1);
-                    queues.get(i).cloned()
-                }
+                None => self.cluster.round_robin(&queues),
             }
             .ok_or_else(|| StoreError::Backend(format!("RocketMQ topic {rt} has no queues")))?;
-            match per_queue.iter_mut().find(|(mq, _)| *mq == q) {
-                Some((_, v)) => v.push(e),
-                None => per_queue.push((q, vec![e])),
+            let out = crate::binding::encode(e, RocketMqMode::Structured, "id")
+                .map_err(|e| backend("encoding", e))?;
+            let size = out.body.len();
+            if size > client::BATCH_BYTES * 4 {
+                return Err(StoreError::TooLarge(size));
+            }
+            let msg = client::message(&rt, None, out).map_err(|e| backend("message", e))?;
+            let fut = self
+                .cluster
+                .submit(mq, msg, size, timeout)
+                .map_err(|e| backend(&format!("sending to {rt}"), client::describe(&e)))?;
+            pending.push((size, fut));
+        }
+        let mut first = None;
+        let mut failed = None;
+        for (size, fut) in pending {
+            let r = tokio::time::timeout(timeout + Duration::from_secs(1), fut).await;
+            let err = match r {
+                Err(_) => Some(StoreError::Backend(format!(
+                    "RocketMQ topic {rt}: no answer within {timeout:?}"
+                ))),
+                Ok(Ok(r)) if r.send_status == SendStatus::SendOk => {
+                    first.get_or_insert(r.queue_offset);
+                    None
+                }
+                Ok(Ok(r)) => Some(StoreError::Backend(format!(
+                    "RocketMQ topic {rt}: the broker answered {:?}",
+                    r.send_status
+                ))),
+                Ok(Err(e)) if crate::sink::permanent(&e) => Some(StoreError::TooLarge(size)),
+                Ok(Err(e)) => Some(backend(&format!("sending to {rt}"), client::describe(&e))),
+            };
+            if let Some(e) = err {
+                failed.get_or_insert(e);
             }
         }
-        let timeout = self.cfg.send_timeout.0;
-        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let sends = per_queue.into_iter().map(|(mq, evs)| {
-            let rt = rt.clone();
-            async move {
-                let mut first = None;
-                for e in evs {
-                    let out = crate::binding::encode(e, RocketMqMode::Structured, "id")
-                        .map_err(|e| backend("encoding", e))?;
-                    let size = out.body.len();
-                    let msg = client::message(&rt, None, out).map_err(|e| backend("message", e))?;
-                    let sent = tokio::time::timeout(
-                        timeout + Duration::from_secs(1),
-                        self.producer
-                            .send_to_queue_with_timeout(msg, mq.clone(), ms),
-                    )
-                    .await
-                    .map_err(|_| {
-                        StoreError::Backend(format!(
-                            "RocketMQ topic {rt}: no answer within {timeout:?}"
-                        ))
-                    })?;
-                    match sent {
-                        Ok(Some(r)) if r.send_status == SendStatus::SendOk => {
-                            first.get_or_insert(r.queue_offset);
-                        }
-                        Ok(Some(r)) => {
-                            return Err(StoreError::Backend(format!(
-                                "RocketMQ topic {rt}: the broker answered {:?}",
-                                r.send_status
-                            )))
-                        }
-                        Ok(None) => {
-                            return Err(StoreError::Backend(format!(
-                                "RocketMQ topic {rt}: no send result"
-                            )))
-                        }
-                        Err(e) if crate::sink::permanent(&e) => {
-                            return Err(StoreError::TooLarge(size))
-                        }
-                        Err(e) => {
-                            return Err(backend(&format!("sending to {rt}"), client::describe(&e)))
-                        }
-                    }
-                }
-                Ok::<_, StoreError>(first)
+        if let Some(e) = failed {
+            // The topic may have been deleted or moved: look its queues up again.
+            self.cluster.forget(&rt);
+            if let Ok(mut r) = self.ready.lock() {
+                r.remove(&rt);
             }
-        });
-        let results = futures_util::future::join_all(sends).await;
-        let mut first = None;
-        for r in results {
-            match r {
-                Ok(f) => {
-                    if first.is_none() {
-                        first = f;
-                    }
-                }
-                Err(e) => {
-                    // The topic may have been deleted or moved: look its queues up again.
-                    self.forget(&rt);
-                    return Err(e);
-                }
-            }
+            return Err(e);
         }
         Ok(AppendAck {
             first: first.unwrap_or(0),
@@ -397,7 +331,10 @@ impl Inner {
 
     async fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
         let rt = self.rocketmq_topic(topic)?;
-        self.forget(&rt);
+        self.cluster.forget(&rt);
+        if let Ok(mut r) = self.ready.lock() {
+            r.remove(&rt);
+        }
         let runtime = client::runtime().map_err(|e| backend("admin", e))?;
         let namesrv = self.cfg.namesrv.clone();
         let topic_name = rt.clone();
@@ -637,11 +574,17 @@ impl Demux {
                     }
                 }
                 msgs = self.consumer.poll_with_timeout(200) => {
+                    // Queues sought in this batch: the rest of the batch from them predates
+                    // the seek.
+                    let mut reset: HashSet<MessageQueue> = HashSet::new();
                     for m in msgs {
                         let q = client::queue_of(&m);
                         let offset = u64::try_from(m.queue_offset()).unwrap_or(0);
                         if !self.parts.contains_key(&q) && !self.follow_assignment(&assign).await {
                             return self.finish().await;
+                        }
+                        if reset.contains(&q) {
+                            continue;
                         }
                         let Some(part) = self.parts.get(&q).cloned() else {
                             continue; // not ours (any more): its owner reads it
@@ -652,7 +595,8 @@ impl Demux {
                         }
                         if offset > expected && sought.get(&q) != Some(&expected) {
                             self.seek(&q, expected).await;
-                            sought.insert(q, expected);
+                            sought.insert(q.clone(), expected);
+                            reset.insert(q);
                             continue;
                         }
                         sought.remove(&q);

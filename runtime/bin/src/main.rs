@@ -355,3 +355,22 @@ async fn wait_for_signal() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_rocketmq_client_is_held_to_errors_unless_rust_log_names_it() {
+        assert_eq!(
+            log_filter(None),
+            "info,rocketmq_client_rust=error,rocketmq_transport=error,rocketmq_runtime=error"
+        );
+        assert!(log_filter(Some("debug")).starts_with("debug,rocketmq_client_rust=error"));
+        assert_eq!(
+            log_filter(Some("info,rocketmq_client_rust=debug")),
+            "info,rocketmq_client_rust=debug"
+        );
+        assert!(log_filter(Some("  ")).starts_with("info,"));
+    }
+}
