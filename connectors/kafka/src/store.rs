@@ -27,8 +27,8 @@ use crate::{
 use evmesh_core::config::StartPosition;
 use evmesh_core::Event;
 use evmesh_store::{
-    AppendAck, Assignment, Consumption, CursorState, EventLog, GroupConsumption, LogConfig,
-    LogContext, PartitionLog, ReadBatch, StoreError, StoredEvent,
+    AppendAck, Assignment, Consumption, CursorState, EventLog, FetchBuffer, GroupConsumption,
+    LogConfig, LogContext, PartitionLog, ReadBatch, StoreError, StoredEvent,
 };
 use futures_util::future::BoxFuture;
 use rdkafka::consumer::{
@@ -37,9 +37,8 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -494,7 +493,7 @@ impl Demux {
                         for p in ps {
                             if let Some(part) = self.parts.remove(&p) {
                                 tracing::info!(group = %self.group, partition = p, "partition revoked");
-                                part.revoke();
+                                part.fetched.revoke();
                             }
                             sought.remove(&p);
                         }
@@ -525,14 +524,14 @@ impl Demux {
                                 ));
                                 part.commit_initial();
                                 self.parts.insert(p, part.clone());
-                                let a = Assignment { partition: p, log: part.clone(), revoked: part.revoked.subscribe() };
+                                let a = Assignment { partition: p, log: part.clone(), revoked: part.fetched.watch_revoked() };
                                 if assign.send(a).is_err() {
                                     break;
                                 }
                                 part
                             }
                         };
-                        let expected = part.expected();
+                        let expected = part.fetched.expected();
                         if offset < expected {
                             continue; // already handed out (re-fetched after a seek)
                         }
@@ -543,7 +542,7 @@ impl Demux {
                         }
                         sought.remove(&p);
                         let event = Arc::new(record_event(&m));
-                        if part.push(StoredEvent { offset, event }) {
+                        if part.fetched.push(StoredEvent { offset, event }) {
                             let mut tpl = TopicPartitionList::new();
                             tpl.add_partition(&self.topic, p);
                             if let Err(e) = self.consumer.pause(&tpl) {
@@ -562,7 +561,7 @@ impl Demux {
             }
         }
         for (_, part) in self.parts.drain() {
-            part.revoke();
+            part.fetched.revoke();
         }
         // The consumer leaves the group once the partition readers (which hold it to commit
         // their final positions) are gone.
@@ -616,11 +615,8 @@ struct KafkaPartition {
     consumer: Arc<GroupConsumer>,
     topic: String,
     partition: i32,
-    buf: Mutex<VecDeque<StoredEvent>>,
-    end: watch::Sender<u64>,
+    fetched: FetchBuffer,
     initial: CursorState,
-    paused: AtomicBool,
-    revoked: watch::Sender<bool>,
 }
 
 impl KafkaPartition {
@@ -634,35 +630,9 @@ impl KafkaPartition {
             consumer,
             topic: topic.to_owned(),
             partition,
-            buf: Mutex::new(VecDeque::new()),
-            end: watch::channel(initial.committed).0,
+            fetched: FetchBuffer::new(initial.committed, BUFFER_HIGH),
             initial,
-            paused: AtomicBool::new(false),
-            revoked: watch::channel(false).0,
         }
-    }
-
-    /// The next offset this partition expects.
-    fn expected(&self) -> u64 {
-        *self.end.borrow()
-    }
-
-    /// Buffers a record; true when fetching should pause.
-    fn push(&self, se: StoredEvent) -> bool {
-        let next = se.offset + 1;
-        let len = match self.buf.lock() {
-            Ok(mut b) => {
-                b.push_back(se);
-                b.len()
-            }
-            Err(_) => 0,
-        };
-        self.end.send_replace(next);
-        len >= BUFFER_HIGH && !self.paused.swap(true, Ordering::SeqCst)
-    }
-
-    fn revoke(&self) {
-        self.revoked.send_replace(true);
     }
 
     /// Pins the starting position (with `start: latest`, where "latest" was) in the group.
@@ -702,34 +672,19 @@ impl KafkaPartition {
 
 impl PartitionLog for KafkaPartition {
     fn read(&self, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
-        let mut events = Vec::new();
-        let mut resume = false;
-        if let Ok(mut b) = self.buf.lock() {
-            while b.front().is_some_and(|e| e.offset < from) {
-                b.pop_front();
-            }
-            while events.len() < max {
-                match b.pop_front() {
-                    Some(e) => events.push(e),
-                    None => break,
-                }
-            }
-            resume = b.len() < BUFFER_HIGH / 2 && self.paused.load(Ordering::SeqCst);
-        }
-        if resume && !*self.revoked.borrow() {
-            self.paused.store(false, Ordering::SeqCst);
+        let (batch, resume) = self.fetched.take(from, max);
+        if resume {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&self.topic, self.partition);
             if let Err(e) = self.consumer.resume(&tpl) {
                 tracing::debug!(error = %e, "resume");
             }
         }
-        let next = events.last().map_or(from, |e| e.offset + 1);
-        Box::pin(std::future::ready(Ok(ReadBatch { events, next })))
+        Box::pin(std::future::ready(Ok(batch)))
     }
 
     fn watch_end(&self) -> watch::Receiver<u64> {
-        self.end.subscribe()
+        self.fetched.watch_end()
     }
 
     fn load_cursor(&self) -> Result<Option<CursorState>, StoreError> {

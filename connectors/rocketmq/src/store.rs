@@ -29,8 +29,8 @@ use crate::RocketMqError;
 use evmesh_core::config::StartPosition;
 use evmesh_core::Event;
 use evmesh_store::{
-    AppendAck, Assignment, Consumption, CursorState, EventLog, GroupConsumption, LogConfig,
-    LogContext, PartitionLog, ReadBatch, StateStore, StoreError, StoredEvent,
+    AppendAck, Assignment, Consumption, CursorState, EventLog, FetchBuffer, GroupConsumption,
+    LogConfig, LogContext, PartitionLog, ReadBatch, StateStore, StoreError, StoredEvent,
 };
 use futures_util::future::BoxFuture;
 use rocketmq_client_rust::{
@@ -38,8 +38,7 @@ use rocketmq_client_rust::{
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::message::MessageQueue;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -589,7 +588,7 @@ impl Demux {
                         let Some(part) = self.parts.get(&q).cloned() else {
                             continue; // not ours (any more): its owner reads it
                         };
-                        let expected = part.expected();
+                        let expected = part.fetched.expected();
                         if offset < expected {
                             continue; // already handed out (re-fetched after a seek)
                         }
@@ -601,7 +600,7 @@ impl Demux {
                         }
                         sought.remove(&q);
                         let event = Arc::new(client::event_of(&m, FOREIGN_TYPE));
-                        if part.push(StoredEvent { offset, event }) {
+                        if part.fetched.push(StoredEvent { offset, event }) {
                             self.consumer.pause(vec![q]).await;
                         }
                     }
@@ -626,7 +625,7 @@ impl Demux {
         for q in gone {
             if let Some(part) = self.parts.remove(&q) {
                 tracing::info!(group = %self.group, queue = q.queue_id(), "queue revoked");
-                part.revoke();
+                part.fetched.revoke();
             }
         }
         let multi = now
@@ -654,12 +653,12 @@ impl Demux {
             // Pin the starting position in the group (with `start: latest`, where "latest"
             // was), and make the consumer read from exactly there.
             part.commit_now().await;
-            self.seek(&q, part.expected()).await;
+            self.seek(&q, part.fetched.expected()).await;
             self.parts.insert(q, part.clone());
             let a = Assignment {
                 partition,
                 log: part.clone(),
-                revoked: part.revoked.subscribe(),
+                revoked: part.fetched.watch_revoked(),
             };
             if assign.send(a).is_err() {
                 return false;
@@ -715,7 +714,7 @@ impl Demux {
     /// Lets go of every queue, waits for their final commits, then leaves the group.
     async fn finish(mut self) {
         for (_, part) in self.parts.drain() {
-            part.revoke();
+            part.fetched.revoke();
         }
         let committers = std::mem::take(&mut self.committers);
         let _ = tokio::time::timeout(
@@ -736,11 +735,8 @@ fn cursor_name(topic: &str, partition: i32) -> String {
 struct RmqPartition {
     consumer: Consumer,
     queue: MessageQueue,
-    buf: Mutex<VecDeque<StoredEvent>>,
-    end: watch::Sender<u64>,
+    fetched: FetchBuffer,
     initial: CursorState,
-    paused: AtomicBool,
-    revoked: watch::Sender<bool>,
     commits: watch::Sender<CursorState>,
 }
 
@@ -759,11 +755,8 @@ impl RmqPartition {
         let part = Arc::new(RmqPartition {
             consumer: consumer.clone(),
             queue: queue.clone(),
-            buf: Mutex::new(VecDeque::new()),
-            end: watch::channel(initial.committed).0,
+            fetched: FetchBuffer::new(initial.committed, BUFFER_HIGH),
             initial,
-            paused: AtomicBool::new(false),
-            revoked: watch::channel(false).0,
             commits,
         });
         let name = cursor_name(queue.topic().as_str(), partition);
@@ -792,28 +785,6 @@ impl RmqPartition {
         (part, committer)
     }
 
-    fn expected(&self) -> u64 {
-        *self.end.borrow()
-    }
-
-    /// Buffers an event; true when pulling should pause.
-    fn push(&self, se: StoredEvent) -> bool {
-        let next = se.offset + 1;
-        let len = match self.buf.lock() {
-            Ok(mut b) => {
-                b.push_back(se);
-                b.len()
-            }
-            Err(_) => 0,
-        };
-        self.end.send_replace(next);
-        len >= BUFFER_HIGH && !self.paused.swap(true, Ordering::SeqCst)
-    }
-
-    fn revoke(&self) {
-        self.revoked.send_replace(true);
-    }
-
     /// Commits the initial position right away.
     async fn commit_now(&self) {
         let mut map = HashMap::new();
@@ -827,32 +798,17 @@ impl RmqPartition {
 
 impl PartitionLog for RmqPartition {
     fn read(&self, from: u64, max: usize) -> BoxFuture<'static, Result<ReadBatch, StoreError>> {
-        let mut events = Vec::new();
-        let mut resume = false;
-        if let Ok(mut b) = self.buf.lock() {
-            while b.front().is_some_and(|e| e.offset < from) {
-                b.pop_front();
-            }
-            while events.len() < max {
-                match b.pop_front() {
-                    Some(e) => events.push(e),
-                    None => break,
-                }
-            }
-            resume = b.len() < BUFFER_HIGH / 2 && self.paused.load(Ordering::SeqCst);
-        }
-        if resume && !*self.revoked.borrow() {
-            self.paused.store(false, Ordering::SeqCst);
+        let (batch, resume) = self.fetched.take(from, max);
+        if resume {
             let consumer = self.consumer.clone();
             let q = self.queue.clone();
             tokio::spawn(async move { consumer.resume(vec![q]).await });
         }
-        let next = events.last().map_or(from, |e| e.offset + 1);
-        Box::pin(std::future::ready(Ok(ReadBatch { events, next })))
+        Box::pin(std::future::ready(Ok(batch)))
     }
 
     fn watch_end(&self) -> watch::Receiver<u64> {
-        self.end.subscribe()
+        self.fetched.watch_end()
     }
 
     fn load_cursor(&self) -> Result<Option<CursorState>, StoreError> {

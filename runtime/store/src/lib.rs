@@ -2,8 +2,9 @@
 //!
 //! - [`EventLog`]: the events. Append (durable before it answers), read a partition, consume a
 //!   topic (read locally by this instance, or through a consumer group that shares the work
-//!   between instances), delete a topic. The embedded log (`evmesh-log`) and the Kafka store
-//!   implement it; RocketMQ will.
+//!   between instances), delete a topic. The embedded log (`evmesh-log`), the Kafka store and
+//!   the RocketMQ store implement it; [`FetchBuffer`] is the hand-off the broker-backed ones
+//!   share between a group's fetch loop and each assigned partition's reader.
 //! - [`StateStore`]: small state beside the events, kept by each instance: the cursors and retry
 //!   state of locally read topics, and documents the runtime saves (the subscriptions created
 //!   through the admin API), which the store keeps as opaque bytes. [`StateDir`] keeps them in
@@ -17,10 +18,12 @@
 //! JetStream, Redis Streams, MQTT).
 
 mod component;
+mod fetch;
 mod state;
 
 pub use component::{log, LogConfig, LogContext};
 pub use evmesh_core::publish::AppendAck;
+pub use fetch::FetchBuffer;
 pub use state::{safe_component, StateDir};
 
 use evmesh_core::config::StartPosition;
