@@ -298,32 +298,6 @@ fn parse_feature(text: &str) -> Vec<Scenario> {
     out
 }
 
-/// Publishes `n` events in batches of 100 with keys `k0..k49` and a `seq` extension.
-async fn publish_keyed(c: &HttpClient, ev: &Evmesh, topic: &str, ids: std::ops::Range<usize>) {
-    let all: Vec<usize> = ids.collect();
-    for chunk in all.chunks(100) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "specversion": "1.0", "id": format!("e{i}"), "source": "/t", "type": "t",
-                    "partitionkey": format!("k{}", i % 50), "seq": *i as i64,
-                    "datacontenttype": "application/json", "data": {"i": i}
-                })
-            })
-            .collect();
-        let (s, b) = send(
-            c,
-            "POST",
-            &ev.url(&format!("/topics/{topic}")),
-            &[("content-type", "application/cloudevents-batch+json")],
-            serde_json::to_vec(&batch).unwrap(),
-        )
-        .await;
-        assert_eq!(s, 202, "{b}");
-    }
-}
-
 /// Every id once (at least) and, per key, first deliveries in publication order.
 fn check_keyed(recs: &[Rec], n: usize) {
     let mut seen = HashSet::new();

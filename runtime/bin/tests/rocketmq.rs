@@ -8,7 +8,6 @@ use evmesh_test_kit::*;
 use evmesh_test_rocketmq::client::{create_topic, send as rmq_send, In, Out, Reader};
 use evmesh_test_rocketmq::compliance::RocketMqHarness;
 use evmesh_test_rocketmq::RocketMq;
-use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,32 +28,6 @@ fn rocketmq_sink_sub(
 
 fn store_cfg(namesrv: &str, rest: &str) -> String {
     format!("store:\n  type: rocketmq\n  namesrv: \"{namesrv}\"\n  queues: 4\n{rest}")
-}
-
-/// Publishes events `ids` in batches of 100 with keys `k0..k49` and a `seq` extension.
-async fn publish_keyed(c: &HttpClient, ev: &Evmesh, topic: &str, ids: std::ops::Range<usize>) {
-    let all: Vec<usize> = ids.collect();
-    for chunk in all.chunks(100) {
-        let batch: Vec<Value> = chunk
-            .iter()
-            .map(|i| {
-                serde_json::json!({
-                    "specversion": "1.0", "id": format!("e{i}"), "source": "/t", "type": "t",
-                    "partitionkey": format!("k{}", i % 50), "seq": *i as i64,
-                    "datacontenttype": "application/json", "data": {"i": i}
-                })
-            })
-            .collect();
-        let (s, b) = send(
-            c,
-            "POST",
-            &ev.url(&format!("/topics/{topic}")),
-            &[("content-type", "application/cloudevents-batch+json")],
-            serde_json::to_vec(&batch).unwrap(),
-        )
-        .await;
-        assert_eq!(s, 202, "{b}");
-    }
 }
 
 /// Every id at least once and, per key, one queue and first deliveries in publication order.

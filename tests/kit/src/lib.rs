@@ -555,6 +555,33 @@ pub async fn publish(
     .0
 }
 
+/// Publishes events `e{i}` for `ids` in batches of 100, keyed `k{i % 50}` (partition key)
+/// with a `seq` extension `i` and JSON data `{"i": i}`: the input of the keyed-order checks.
+pub async fn publish_keyed(c: &HttpClient, ev: &Evmesh, topic: &str, ids: std::ops::Range<usize>) {
+    let all: Vec<usize> = ids.collect();
+    for chunk in all.chunks(100) {
+        let batch: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "specversion": "1.0", "id": format!("e{i}"), "source": "/t", "type": "t",
+                    "partitionkey": format!("k{}", i % 50), "seq": *i as i64,
+                    "datacontenttype": "application/json", "data": {"i": i}
+                })
+            })
+            .collect();
+        let (s, b) = send(
+            c,
+            "POST",
+            &ev.url(&format!("/topics/{topic}")),
+            &[("content-type", "application/cloudevents-batch+json")],
+            serde_json::to_vec(&batch).unwrap(),
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+    }
+}
+
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
