@@ -176,6 +176,23 @@ impl Cluster {
         queues.get(i).cloned()
     }
 
+    /// Sends `msg` on its own, the queue chosen by the client: for a topic with no route yet
+    /// (the client asks for one from the topic RocketMQ creates topics from, so a broker with
+    /// `autoCreateTopicEnable` creates it). The route is looked up again on the next send.
+    pub async fn send_unrouted(
+        &self,
+        msg: Message,
+        timeout: std::time::Duration,
+    ) -> Result<Option<SendResult>, rocketmq_client_rust::ClientError> {
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let topic = msg.topic().as_str().to_owned();
+        let r = self.producer.send_with_timeout(msg, ms).await;
+        self.forget(&topic);
+        r
+    }
+
     /// Sends `msg` to `mq` through that queue's batching sender; resolves with the broker's
     /// answer for the batch it went in.
     pub async fn send(

@@ -69,10 +69,17 @@ impl RocketMqSink {
             None => cluster.round_robin(&queues),
         };
         let result = match mq {
-            None => Err(SinkError::retryable(format!(
-                "rocketmq topic {}: no route (the topic does not exist, or no broker has it)",
-                self.cfg.topic
-            ))),
+            // No route yet: the client's own send, which lets a broker with
+            // `autoCreateTopicEnable` create the topic (and says so when none can).
+            None => {
+                match tokio::time::timeout(timeout, cluster.send_unrouted(msg, timeout)).await {
+                    Err(_) => Err(SinkError::retryable(format!(
+                        "rocketmq topic {}: no answer within {timeout:?}",
+                        self.cfg.topic
+                    ))),
+                    Ok(r) => outcome(&self.cfg.topic, r),
+                }
+            }
             Some(mq) => {
                 match tokio::time::timeout(timeout, cluster.send(mq, msg, size, timeout)).await {
                     Err(_) => Err(SinkError::retryable(format!(

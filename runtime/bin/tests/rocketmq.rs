@@ -184,6 +184,42 @@ async fn ten_thousand_events_http_to_rocketmq_all_there_in_key_order() {
     reader.close().await;
 }
 
+/// A sink topic nobody created is created by a broker with `autoCreateTopicEnable` (as the
+/// test broker has), as with a Java producer; later events use its route and batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_to_a_topic_not_yet_created_creates_it_on_an_auto_creating_broker() {
+    let mq = RocketMq::start();
+    let ns = mq.namesrv();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "subscriptions:\n{}",
+        rocketmq_sink_sub("torocketmq", "orders", &ns, "made_on_first_send", "")
+    );
+    let ev = Evmesh::start(&dir.path().join("d"), &cfg);
+    let c = client();
+    assert_eq!(publish(&c, &ev, "orders", "first", &[]).await, 202);
+    let mut reader = Reader::new(&ns, "made_on_first_send").await;
+    assert_eq!(
+        reader.wait_for(1, WAIT).await.len(),
+        1,
+        "log:\n{}",
+        ev.log()
+    );
+    publish_keyed(&c, &ev, "orders", 0..300).await;
+    let msgs = reader.wait_for(301, WAIT).await;
+    let ids: HashSet<&str> = msgs
+        .iter()
+        .map(|m| m.properties["CE_id"].as_str())
+        .collect();
+    assert!(ids.contains("first"));
+    assert!(
+        (0..300).all(|i| ids.contains(format!("e{i}").as_str())),
+        "{} ids",
+        ids.len()
+    );
+    reader.close().await;
+}
+
 /// The sink keeps retrying while the broker is down; what evmesh acknowledged arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_survives_a_broker_restart_without_losing_an_event() {
