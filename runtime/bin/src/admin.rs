@@ -5,6 +5,7 @@ use bytes::Bytes;
 use evmesh_core::component::{Check, Kind};
 use evmesh_core::config::{self, ConfigError, SubscriptionConfig};
 use evmesh_core::format;
+use evmesh_core::sink::SinkHealth;
 use evmesh_delivery::Supervisor;
 use evmesh_ingress::listener::{ListenAddress, ListenerConfig, ListenerContext, ListenerHandle};
 use evmesh_ingress::{error, json, read_body, Handler, Resp};
@@ -44,7 +45,10 @@ impl ListenerConfig for AdminConfig {
     fn start(&self, cx: ListenerContext) -> BoxFuture<'static, Result<ListenerHandle, String>> {
         let addr = self.0 .0.clone();
         Box::pin(async move {
+            let readiness = Readiness::of(&cx).await?;
             let admin = Arc::new(Admin {
+                readiness,
+                stop: cx.stop.clone(),
                 log: cx.log.clone(),
                 state: cx.state.clone(),
                 supervisor: cx.supervisor.clone(),
@@ -59,6 +63,28 @@ impl ListenerConfig for AdminConfig {
                 task: h.task,
             })
         })
+    }
+}
+
+/// Whether start-up has finished: the store open, every subscription and source started,
+/// every listener bound. Shared between the binary and the admin listener.
+#[derive(Default)]
+pub struct Readiness(std::sync::atomic::AtomicBool);
+
+impl Readiness {
+    /// The process's one readiness flag.
+    pub async fn of(cx: &ListenerContext) -> Result<Arc<Readiness>, String> {
+        cx.shared
+            .get_or_init(|| async { Ok(Arc::new(Readiness::default())) })
+            .await
+    }
+
+    pub fn set_ready(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -79,6 +105,8 @@ pub fn load_api_subscriptions(
 }
 
 pub struct Admin {
+    readiness: Arc<Readiness>,
+    stop: tokio::sync::watch::Receiver<bool>,
     log: Arc<dyn EventLog>,
     state: Arc<dyn StateStore>,
     supervisor: Arc<Supervisor>,
@@ -108,6 +136,7 @@ impl Admin {
                     "storeProblems": self.log.housekeeping().map(|h| h.problems()).unwrap_or_default(),
                 }),
             ),
+            (Method::GET, ["readyz"]) => self.readyz().await,
             (Method::GET, ["subscriptions"]) => {
                 let mut out = Vec::new();
                 // evmesh's own (the request-reply topic) are not the user's to see or change.
@@ -134,7 +163,7 @@ impl Admin {
                 let name = name.to_string();
                 self.explain(&name, req).await
             }
-            (_, ["healthz"])
+            (_, ["healthz" | "readyz"])
             | (_, ["subscriptions"])
             | (_, ["subscriptions", _])
             | (_, ["subscriptions", _, _])
@@ -144,6 +173,48 @@ impl Admin {
             ),
             _ => error(StatusCode::NOT_FOUND, format!("no admin route for {path}")),
         }
+    }
+
+    /// Ready (200) once start-up has finished and until shutdown begins (503 otherwise), with
+    /// what each subscription's sink knows of its destination. A failing destination does not
+    /// make the process unready: ingest still works and the events wait, retried.
+    async fn readyz(&self) -> Resp {
+        let status = if *self.stop.borrow() {
+            "stopping"
+        } else if self.readiness.is_ready() {
+            "ready"
+        } else {
+            "starting"
+        };
+        // evmesh's own subscriptions (the request-reply topic) are not the user's.
+        let internal: std::collections::HashSet<String> = self
+            .supervisor
+            .routes()
+            .await
+            .into_iter()
+            .filter(|r| r.origin == Origin::Internal)
+            .map(|r| r.config.name.clone())
+            .collect();
+        let sinks: Vec<serde_json::Value> = self
+            .supervisor
+            .sink_health()
+            .await
+            .into_iter()
+            .filter(|(name, _)| !internal.contains(name))
+            .map(|(name, h)| match h {
+                SinkHealth::Unknown => serde_json::json!({"subscription": name, "sink": "unknown"}),
+                SinkHealth::Ready => serde_json::json!({"subscription": name, "sink": "ready"}),
+                SinkHealth::Unhealthy(why) => {
+                    serde_json::json!({"subscription": name, "sink": "unhealthy", "reason": why})
+                }
+            })
+            .collect();
+        let code = if status == "ready" {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(code, &serde_json::json!({"status": status, "sinks": sinks}))
     }
 
     async fn put(&self, name: String, req: Request<Incoming>) -> Resp {

@@ -33,8 +33,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "A serverless event mesh: durable CloudEvents ingest, filtering and at-least-once delivery"
 )]
 struct Cli {
+    /// How log lines are written to stderr: `text` for a person, `json` (one object a line)
+    /// for a log pipeline.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -75,11 +85,19 @@ fn main() -> std::process::ExitCode {
         std::env::var("RUST_LOG").ok().as_deref(),
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let result = match cli.command {
         Command::Serve { config, data_dir } => {
             runtime().and_then(|rt| rt.block_on(serve(config, data_dir)))
@@ -297,6 +315,9 @@ async fn serve(
     for install in registry::protocols() {
         install(&lcx).await.map_err(anyhow::Error::msg)?;
     }
+    let readiness = admin::Readiness::of(&lcx)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let mut listeners = Vec::new();
     for (key, l) in plan.listeners {
         if !l.enabled() {
@@ -312,6 +333,7 @@ async fn serve(
         listeners.push(h);
     }
     let gc = supervisor.spawn_gc(Duration::from_secs(5), stop_rx.clone());
+    readiness.set_ready();
     tracing::info!("evmesh ready");
 
     wait_for_signal().await?;

@@ -153,7 +153,12 @@ impl Evmesh {
                     ("tcp listening on ", 2),
                 ] {
                     if let Some(pos) = line.find(marker) {
-                        let addr: SocketAddr = line[pos + marker.len()..].trim().parse().unwrap();
+                        // The address ends the text line; in a JSON log line a quote follows.
+                        let rest = &line[pos + marker.len()..];
+                        let end = rest
+                            .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                            .unwrap_or(rest.len());
+                        let addr: SocketAddr = rest[..end].parse().unwrap();
                         let _ = tx.send((which, addr));
                     }
                 }
