@@ -52,7 +52,6 @@ pub fn runtime() -> Result<Arc<ClientRuntime>, RocketMqError> {
 /// publishers and deliveries share round trips (the broker takes a batch in about the time of
 /// one message) and one queue keeps the order its messages were handed over in.
 pub struct Cluster {
-    namesrv: String,
     producer: Arc<DefaultMQProducer>,
     /// Route look-ups and topic creation (these calls take `&mut`).
     meta: tokio::sync::Mutex<DefaultMQProducer>,
@@ -109,7 +108,6 @@ impl Cluster {
         let producer = start(group.to_owned()).await?;
         let meta = start(format!("{group}_meta")).await?;
         let c = Arc::new(Cluster {
-            namesrv: namesrv.to_owned(),
             producer: Arc::new(producer),
             meta: tokio::sync::Mutex::new(meta),
             routes: Default::default(),
@@ -118,10 +116,6 @@ impl Cluster {
         });
         map.insert(key, c.clone());
         Ok(c)
-    }
-
-    pub fn namesrv(&self) -> &str {
-        &self.namesrv
     }
 
     /// The queues messages of `topic` can be sent to (cached for a while); empty when the

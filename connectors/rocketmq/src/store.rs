@@ -39,7 +39,7 @@ use rocketmq_client_rust::{
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::message::MessageQueue;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -71,8 +71,6 @@ struct Inner {
     cluster: Arc<Cluster>,
     /// Reads by offset, without joining a group (dead-letter lists).
     reader: tokio::sync::OnceCell<Reader>,
-    /// RocketMQ topics made ready (created, or found) by this instance.
-    ready: Mutex<HashSet<String>>,
     state: Arc<dyn StateStore>,
 }
 
@@ -121,7 +119,6 @@ impl RocketMqStore {
                 cfg: cfg.clone(),
                 cluster,
                 reader: tokio::sync::OnceCell::new(),
-                ready: Mutex::new(HashSet::new()),
                 state,
             }),
         })
@@ -142,20 +139,11 @@ impl Inner {
         escaped(&self.cfg.group_prefix, name).map_err(|_| StoreError::InvalidName(name.into()))
     }
 
-    fn is_ready(&self, rt: &str) -> bool {
-        self.ready.lock().is_ok_and(|r| r.contains(rt))
-    }
-
     /// Creates the topic on first use (an existing one is kept) and returns its queues.
     async fn ready(&self, topic: &str) -> Result<(String, Vec<MessageQueue>), StoreError> {
         let rt = self.rocketmq_topic(topic)?;
         let queues = self.cluster.queues(&rt).await;
         if !queues.is_empty() {
-            if !self.is_ready(&rt) {
-                if let Ok(mut r) = self.ready.lock() {
-                    r.insert(rt.clone());
-                }
-            }
             return Ok((rt, queues));
         }
         let n = if topic.starts_with("__") {
@@ -171,9 +159,6 @@ impl Inner {
         for _ in 0..50 {
             let q = self.cluster.queues(&rt).await;
             if !q.is_empty() {
-                if let Ok(mut r) = self.ready.lock() {
-                    r.insert(rt.clone());
-                }
                 return Ok((rt, q));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -234,9 +219,6 @@ impl Inner {
         if let Some(e) = failed {
             // The topic may have been deleted or moved: look its queues up again.
             self.cluster.forget(&rt);
-            if let Ok(mut r) = self.ready.lock() {
-                r.remove(&rt);
-            }
             return Err(e);
         }
         Ok(AppendAck {
@@ -331,9 +313,6 @@ impl Inner {
     async fn delete_topic(&self, topic: &str) -> Result<(), StoreError> {
         let rt = self.rocketmq_topic(topic)?;
         self.cluster.forget(&rt);
-        if let Ok(mut r) = self.ready.lock() {
-            r.remove(&rt);
-        }
         let runtime = client::runtime().map_err(|e| backend("admin", e))?;
         let namesrv = self.cfg.namesrv.clone();
         let topic_name = rt.clone();
