@@ -248,6 +248,24 @@ impl Evmesh {
     }
 }
 
+impl Evmesh {
+    /// Sends SIGHUP (reload the configuration).
+    pub fn hangup(&self) {
+        let pid = self.child.as_ref().expect("stopped").id();
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The configuration file `start`/`start_with_env` wrote.
+    pub fn config_path(&self) -> PathBuf {
+        self.data_dir.with_extension("yaml")
+    }
+}
+
 fn send_sigterm(pid: i32) {
     let status = Command::new("kill")
         .arg("-TERM")
@@ -293,6 +311,30 @@ pub struct Behaviour {
     pub delay: Duration,
 }
 
+/// A local port bound but not listening: connections to it are refused (a receiver that is
+/// down), and, bound without `SO_REUSEADDR`, no other test process can take it meanwhile, as
+/// one could take a port that was merely closed.
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(false).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        ReservedPort { socket, addr }
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct Receiver {
     pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Got>>>,
@@ -311,6 +353,17 @@ impl Receiver {
 
     pub async fn start_on(addr: &str, b: Behaviour) -> Receiver {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, b)
+    }
+
+    /// Starts listening on a port held by [`ReservedPort`]: until then, connections to it were
+    /// refused, as by a receiver that is down, and no other process could take the port.
+    pub fn start_reserved(port: ReservedPort, b: Behaviour) -> Receiver {
+        let listener = port.socket.listen(1024).unwrap();
+        Self::serve(listener, b)
+    }
+
+    fn serve(listener: tokio::net::TcpListener, b: Behaviour) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(0usize));
