@@ -75,7 +75,17 @@ impl KafkaSink {
         producer: &rdkafka::producer::FutureProducer,
         event: &Event,
     ) -> Result<DeliveryFuture, KafkaError> {
-        let rec = binding::encode(event, self.mode, &self.key);
+        let mut rec = binding::encode(event, self.mode, &self.key);
+        // W3C trace context of this delivery attempt, as a record header (a traced consumer
+        // continues the trace).
+        if let Some(cx) = evmesh_core::trace::current() {
+            rec.headers
+                .retain(|(k, _)| k != evmesh_core::trace::TRACEPARENT);
+            rec.headers.push((
+                evmesh_core::trace::TRACEPARENT.to_owned(),
+                cx.to_string().into_bytes(),
+            ));
+        }
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).headers(owned_headers(&rec.headers));
         if let Some(k) = rec.key.as_deref() {

@@ -213,6 +213,12 @@ impl WebhookSink {
         let mut bad = None;
         if let Some(h) = b.headers_mut() {
             h.insert(http::header::HOST, self.host_header.clone());
+            // W3C trace context of this delivery attempt: the receiver's span joins the trace.
+            if let Some(cx) = evmesh_core::trace::current() {
+                if let Ok(v) = HeaderValue::from_str(&cx.to_string()) {
+                    h.insert(evmesh_core::trace::TRACEPARENT, v);
+                }
+            }
             for (k, v) in &self.headers {
                 h.insert(k.clone(), v.clone());
             }

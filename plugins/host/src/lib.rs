@@ -183,6 +183,8 @@ pub struct Plugin {
     current: RwLock<Arc<Loaded>>,
     idle: Mutex<Vec<Instance>>,
     gens: AtomicU64,
+    /// `evmesh_plugin_calls_total` and `evmesh_plugin_call_duration_seconds` (atomics).
+    metrics: evmesh_metrics::PluginMetrics,
 }
 
 fn stamp(path: &Path) -> Result<(SystemTime, u64), std::io::Error> {
@@ -218,6 +220,7 @@ impl Plugin {
             current: RwLock::new(Arc::new(first)),
             idle: Mutex::new(Vec::new()),
             gens: AtomicU64::new(1),
+            metrics: evmesh_metrics::global().plugin(&cfg.uses.display().to_string()),
         });
         // Instantiate once now, so a plugin that cannot start is a configuration error.
         let inst = p.instantiate().map_err(err)?;
@@ -296,6 +299,13 @@ impl Plugin {
 
     /// Runs one call on a pooled instance; a trap or a deadline discards the instance.
     fn call(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
+        let began = std::time::Instant::now();
+        let r = self.call_pooled(frame);
+        self.metrics.call(began.elapsed(), r.is_ok());
+        r
+    }
+
+    fn call_pooled(&self, frame: &[u8]) -> Result<Vec<u8>, String> {
         let mut inst = self.checkout()?;
         inst.store.set_epoch_deadline(self.timeout_ticks);
         let frame = frame.to_vec();

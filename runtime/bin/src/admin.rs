@@ -55,7 +55,7 @@ impl ListenerConfig for AdminConfig {
                 max_body: cx.max_body_bytes,
                 changes: tokio::sync::Mutex::new(()),
             });
-            let h = evmesh_ingress::serve(&addr, admin, cx.stop.clone(), cx.drain)
+            let h = evmesh_ingress::serve(&addr, "admin", admin, cx.stop.clone(), cx.drain)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(ListenerHandle {
@@ -116,6 +116,164 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// `GET /metrics`: Prometheus (OpenMetrics text). What is cheaper to read than to track
+    /// (the store's files, dead-letter list lengths) is read now.
+    async fn metrics(&self) -> Resp {
+        let m = evmesh_metrics::global();
+        if let Some(hk) = self.log.housekeeping() {
+            m.clear_store_usage();
+            for u in hk.usage() {
+                m.set_store_usage(&u.topic, u.bytes, u.segments);
+            }
+        }
+        for r in self.supervisor.routes().await {
+            let name = r.name();
+            if let Some(d) =
+                evmesh_delivery::deadletter::depth(self.log.as_ref(), self.state.as_ref(), name)
+            {
+                m.set_dead_letter_depth(name, d);
+            }
+        }
+        let mut r = http::Response::new(http_body_util::Full::new(Bytes::from(m.render())));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(evmesh_metrics::CONTENT_TYPE),
+        );
+        r
+    }
+
+    /// `GET /topics[?all=true]`: the topics with what the log knows of them (evmesh's own,
+    /// `__…`, only with `all`).
+    async fn topics(&self, query: Option<&str>) -> Resp {
+        let all = query_param(query, "all").is_some_and(|v| v == "true");
+        let mut names = match self.log.topics().await {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        names.retain(|t| all || !t.starts_with("__"));
+        names.sort();
+        let usage = self
+            .log
+            .housekeeping()
+            .map(|h| h.usage())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for name in names {
+            let mut v = serde_json::json!({ "name": name });
+            if let Ok(p) = self.log.partitions(&name).await {
+                v["partitions"] = p.len().into();
+            }
+            if let Some(hk) = self.log.housekeeping() {
+                v["endOffset"] = hk.end(&name).into();
+            }
+            if let Some(u) = usage.iter().find(|u| u.topic == name) {
+                v["bytes"] = u.bytes.into();
+                v["segments"] = u.segments.into();
+            }
+            out.push(v);
+        }
+        json(StatusCode::OK, &serde_json::Value::Array(out))
+    }
+
+    /// `GET /topics/{topic}/events?from=earliest|latest|N&max=100&wait=PT5S&partition=0`:
+    /// stored events from an offset as a CloudEvents batch, waiting up to `wait` for the first
+    /// one (long poll); `evmesh-next-offset` says where to continue. Joins no consumer group and
+    /// moves no cursor (`evmesh tail` uses it).
+    async fn events(&self, topic: &str, query: Option<&str>) -> Resp {
+        if let Err(e) = evmesh_store::safe_component(topic) {
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        let bad = |what: &str, v: &str| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{what} {v:?} is not valid (see GET /topics/{{topic}}/events in the README)"
+                ),
+            )
+        };
+        let partition = match query_param(query, "partition")
+            .as_deref()
+            .map(str::parse::<i32>)
+        {
+            None => 0,
+            Some(Ok(p)) if p >= 0 => p,
+            Some(_) => {
+                return bad(
+                    "partition",
+                    &query_param(query, "partition").unwrap_or_default(),
+                )
+            }
+        };
+        let max = match query_param(query, "max")
+            .as_deref()
+            .map(str::parse::<usize>)
+        {
+            None => 100,
+            Some(Ok(n)) if (1..=1000).contains(&n) => n,
+            Some(_) => {
+                return bad(
+                    "max (1-1000)",
+                    &query_param(query, "max").unwrap_or_default(),
+                )
+            }
+        };
+        let wait = match query_param(query, "wait") {
+            None => std::time::Duration::ZERO,
+            Some(w) => match evmesh_core::duration::IsoDuration::parse(&w) {
+                Some(d) if d.0 <= std::time::Duration::from_secs(60) => d.0,
+                _ => return bad("wait (an ISO 8601 duration up to PT60S)", &w),
+            },
+        };
+        let from = query_param(query, "from").unwrap_or_else(|| "earliest".into());
+        let mut at = match from.as_str() {
+            "earliest" => 0,
+            "latest" => match self.end_of(topic, partition).await {
+                Ok(e) => e,
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            },
+            n => match n.parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => return bad("from (earliest, latest or an offset)", n),
+            },
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let batch = match self.log.read(topic, partition, at, max).await {
+                Ok(b) => b,
+                Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            };
+            at = batch.next.max(at);
+            if !batch.events.is_empty() || tokio::time::Instant::now() >= deadline {
+                let events: Vec<evmesh_core::Event> =
+                    batch.events.iter().map(|se| (*se.event).clone()).collect();
+                let mut r = batch_response(&events);
+                r.headers_mut()
+                    .insert("evmesh-next-offset", http::HeaderValue::from(at));
+                return r;
+            }
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                _ = stop.changed() => return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            }
+        }
+    }
+
+    /// One past the newest offset of a partition.
+    async fn end_of(&self, topic: &str, partition: i32) -> Result<u64, StoreError> {
+        if let Some(hk) = self.log.housekeeping() {
+            return Ok(hk.end(topic));
+        }
+        let mut at = 0;
+        loop {
+            let b = self.log.read(topic, partition, at, 1000).await?;
+            if b.events.is_empty() {
+                return Ok(b.next.max(at));
+            }
+            at = b.next.max(at);
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().trim_end_matches('/').to_owned();
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -137,6 +295,7 @@ impl Admin {
                 }),
             ),
             (Method::GET, ["readyz"]) => self.readyz().await,
+            (Method::GET, ["metrics"]) => self.metrics().await,
             (Method::GET, ["subscriptions"]) => {
                 let mut out = Vec::new();
                 // evmesh's own (the request-reply topic) are not the user's to see or change.
@@ -146,6 +305,11 @@ impl Admin {
                     }
                 }
                 json(StatusCode::OK, &serde_json::Value::Array(out))
+            }
+            (Method::GET, ["topics"]) => self.topics(req.uri().query()).await,
+            (Method::GET, ["topics", topic, "events"]) => {
+                let topic = topic.to_string();
+                self.events(&topic, req.uri().query()).await
             }
             (Method::GET, ["subscriptions", name]) => match self.supervisor.route(name).await {
                 Some(r) => json(StatusCode::OK, &describe(&r.config, r.origin)),
@@ -158,12 +322,22 @@ impl Admin {
             (Method::DELETE, ["subscriptions", name]) => self.delete(name).await,
             (Method::GET, ["subscriptions", name, "deadletters"]) => self.deadletters(name).await,
             (Method::POST, ["subscriptions", name, "redrive"]) => self.redrive(name).await,
+            (Method::GET, ["subscriptions", name, "redrive"]) => {
+                if self.supervisor.route(name).await.is_none() {
+                    return not_found(name);
+                }
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "pending": self.supervisor.redrive_pending(name) }),
+                )
+            }
             (Method::GET, ["sources", name, "deadletters"]) => self.source_deadletters(name).await,
             (Method::POST | Method::GET, ["subscriptions", name, "explain"]) => {
                 let name = name.to_string();
                 self.explain(&name, req).await
             }
-            (_, ["healthz" | "readyz"])
+            (_, ["healthz" | "readyz" | "metrics" | "topics"])
+            | (_, ["topics", _, "events"])
             | (_, ["subscriptions"])
             | (_, ["subscriptions", _])
             | (_, ["subscriptions", _, _])
@@ -453,4 +627,11 @@ impl Handler for Admin {
     fn call(self: Arc<Self>, req: Request<Incoming>) -> BoxFuture<'static, Resp> {
         Box::pin(async move { self.handle(req).await })
     }
+}
+
+/// A query parameter, percent-decoded.
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }

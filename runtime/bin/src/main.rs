@@ -2,14 +2,15 @@
 //! listed in [`registry`]; [`plan`] checks a configuration against them.
 
 mod admin;
+mod cli;
 mod plan;
 mod registry;
+mod reload;
+mod sidecar;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use evmesh_core::component::SourceContext;
 use evmesh_core::config::{self, Config};
-use evmesh_core::publish::Publish;
 use evmesh_core::transform::PluginLoader;
 use evmesh_delivery::Supervisor;
 use evmesh_ingress::listener::{HttpRoutes, ListenerContext, Shared};
@@ -57,6 +58,28 @@ enum Command {
         /// Where the event log and state live (overrides store.dataDir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// `sidecar`: beside one application (loopback listeners, one worker thread,
+        /// forwarding to --upstream); `standalone`: a broker.
+        #[arg(long, env = "EVMESH_PROFILE", value_enum, default_value_t = sidecar::Profile::Standalone)]
+        profile: sidecar::Profile,
+        /// Forward every topic to this upstream at least once: another evmesh
+        /// (http://HOST:PORT) or Kafka (kafka://HOST:PORT[,…]). Required with --profile sidecar.
+        #[arg(long, env = "EVMESH_UPSTREAM")]
+        upstream: Option<String>,
+    },
+    /// Publish one event to a running evmesh (binary mode over HTTP).
+    Publish(cli::PublishArgs),
+    /// Follow a topic: print each event as it is stored (structured JSON, one a line).
+    Tail(cli::TailArgs),
+    /// The subscriptions of a running evmesh.
+    Subscriptions {
+        #[command(subcommand)]
+        cmd: cli::SubscriptionsCmd,
+    },
+    /// A subscription's dead-letter list: list it, deliver it again.
+    Deadletters {
+        #[command(subcommand)]
+        cmd: cli::DeadlettersCmd,
     },
     /// Check a configuration file and print every error with its path.
     Validate { file: PathBuf },
@@ -99,10 +122,17 @@ fn main() -> std::process::ExitCode {
             .init(),
     }
     let result = match cli.command {
-        Command::Serve { config, data_dir } => {
-            runtime().and_then(|rt| rt.block_on(serve(config, data_dir)))
-        }
+        Command::Serve {
+            config,
+            data_dir,
+            profile,
+            upstream,
+        } => serve_command(config, data_dir, profile, upstream.as_deref()),
         Command::Validate { file } => validate(&file),
+        Command::Publish(a) => client(cli::publish(a)),
+        Command::Tail(a) => client(cli::tail(a)),
+        Command::Subscriptions { cmd } => client(cli::subscriptions(cmd)),
+        Command::Deadletters { cmd } => client(cli::deadletters(cmd)),
         Command::Fsck { data_dir } => fsck(&data_dir),
     };
     match result {
@@ -112,6 +142,44 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a client command on a small runtime; exit 0 when it succeeded.
+fn client(f: impl std::future::Future<Output = Result<()>>) -> Result<std::process::ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(f)?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn serve_command(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    profile: sidecar::Profile,
+    upstream: Option<&str>,
+) -> Result<std::process::ExitCode> {
+    let upstream = upstream
+        .map(sidecar::Upstream::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let rt = match profile {
+        sidecar::Profile::Standalone => runtime()?,
+        sidecar::Profile::Sidecar => {
+            if upstream.is_none() {
+                bail!("--profile sidecar needs --upstream (or EVMESH_UPSTREAM): where to forward what the application publishes");
+            }
+            // Small and quick to start: one worker thread, few blocking threads.
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(4)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+        }
+    };
+    rt.block_on(serve(config, data_dir, profile, upstream))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -223,13 +291,28 @@ fn fsck(dir: &Path) -> Result<std::process::ExitCode> {
 async fn serve(
     config_path: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    profile: sidecar::Profile,
+    upstream: Option<sidecar::Upstream>,
 ) -> Result<std::process::ExitCode> {
     let (mut cfg, plan) = match checked(config_path.as_deref()) {
         Ok(x) => x,
         Err(errors) => bail!("invalid configuration:\n{}", errors.join("\n")),
     };
+    let data_dir_flag = data_dir.clone();
     if let Some(d) = data_dir {
         cfg.store.data_dir = d;
+    }
+    if evmesh_telemetry::init(&cfg.telemetry.tracing) {
+        tracing::info!(
+            endpoint = cfg
+                .telemetry
+                .tracing
+                .otlp_endpoint
+                .as_deref()
+                .unwrap_or_default(),
+            sample_ratio = cfg.telemetry.tracing.sample_ratio,
+            "tracing: exporting spans over OTLP/HTTP"
+        );
     }
     // Relative paths are taken against the working directory at start-up, once.
     let data_dir = std::path::absolute(&cfg.store.data_dir)
@@ -281,19 +364,28 @@ async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let publisher = PublishPath::new(log.clone());
-    let mut sources = Vec::new();
+    let mut sources = std::collections::BTreeMap::new();
     for (name, src) in plan.sources {
         let source = src
             .build(&name)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("starting source {name:?}"))?;
-        let cx = SourceContext {
-            name,
-            publisher: publisher.clone() as Arc<dyn Publish>,
-            stop: stop_rx.clone(),
+        let Some(spec) = cfg.sources.iter().find(|s| s.name == name) else {
+            bail!("source {name:?} is planned but not in the configuration");
         };
-        sources.push(tokio::spawn(source.run(cx)));
+        sources.insert(
+            name.clone(),
+            reload::RunningSource::start(spec, source, &publisher),
+        );
     }
+    let reloader = reload::Reloader {
+        path: config_path.clone(),
+        current: cfg.clone(),
+        supervisor: supervisor.clone(),
+        publisher: publisher.clone(),
+        sources,
+        data_dir: data_dir_flag,
+    };
     let instance = instance_id(state.as_ref())?;
     let replies = Replies::start(&supervisor, publisher.clone(), &instance)
         .await
@@ -330,9 +422,15 @@ async fn serve(
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("starting the {key} listener (server.{key})"))?;
         tracing::info!("{} listening on {}", l.label(), h.addr);
+        if profile == sidecar::Profile::Sidecar && !h.addr.ip().is_loopback() {
+            tracing::warn!("sidecar profile: the {key} listener is on {}, reachable from outside this host; a sidecar usually listens on 127.0.0.1 only", h.addr);
+        }
         listeners.push(h);
     }
+    let forwarding =
+        upstream.map(|u| sidecar::forward(u, supervisor.clone(), log.clone(), stop_rx.clone()));
     let gc = supervisor.spawn_gc(Duration::from_secs(5), stop_rx.clone());
+    let reloading = tokio::spawn(reloader.run(Duration::from_secs(1), stop_rx.clone()));
     readiness.set_ready();
     tracing::info!("evmesh ready");
 
@@ -342,8 +440,13 @@ async fn serve(
     for l in listeners {
         let _ = l.task.await;
     }
-    for s in sources {
-        let _ = s.await;
+    if let Some(f) = forwarding {
+        let _ = f.await;
+    }
+    if let Ok(reloader) = reloading.await {
+        for (_, s) in reloader.sources {
+            s.stop().await;
+        }
     }
     supervisor.shutdown().await;
     let _ = gc.await;

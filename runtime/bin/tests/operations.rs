@@ -95,3 +95,131 @@ async fn log_format_json_writes_one_json_object_a_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("'xml'") && err.contains("text, json"), "{err}");
 }
+
+/// The value of the sample `series` (name and labels, exactly) in a Prometheus scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_ingest_deliveries_dead_letters_lag_and_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = Receiver::start(Behaviour::default()).await;
+    let bad = Receiver::start(Behaviour {
+        fail_first: usize::MAX,
+        fail_status: 500,
+        ..Default::default()
+    })
+    .await;
+    let cfg = format!(
+        "server: {{ maxBodyBytes: 2000 }}\nsubscriptions:\n{}{}",
+        webhook_sub("ok", "t", &ok.url(), ""),
+        webhook_sub(
+            "bad",
+            "t",
+            &bad.url(),
+            "    delivery: { retry: 1, backoffDelay: PT0.01S }\n"
+        )
+    );
+    let ev = Evmesh::start(&dir.path().join("d"), &cfg);
+    let c = client();
+    for i in 0..5 {
+        assert_eq!(publish(&c, &ev, "t", &format!("m{i}"), &[]).await, 202);
+    }
+    let (st, _) = send(&c, "POST", &ev.url("/topics/t"), &[], "not an event").await;
+    assert_eq!(st, 400);
+    let big = "x".repeat(5000);
+    let (st, _) = send(
+        &c,
+        "POST",
+        &ev.url("/topics/t"),
+        &[("content-type", "application/cloudevents+json")],
+        big,
+    )
+    .await;
+    assert_eq!(st, 413);
+    let (st, _) = send(&c, "POST", &ev.url("/topics/__x"), &[], "").await;
+    assert_eq!(st, 400);
+    assert!(wait_until(Duration::from_secs(30), || ok.count() == 5).await);
+    dead_letters(&c, &ev, "bad", 5).await;
+
+    let mut text = String::new();
+    let mut settled = false;
+    for _ in 0..100 {
+        let resp = c
+            .request(
+                http::Request::get(ev.admin_url("/metrics"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        text = String::from_utf8(body.to_vec()).unwrap();
+        // The streams set their lag as they record progress (every 100 ms).
+        if sample(
+            &text,
+            r#"evmesh_subscription_lag_events{subscription="ok",topic="t"}"#,
+        ) == Some(0.0)
+            && sample(
+                &text,
+                r#"evmesh_subscription_lag_events{subscription="bad",topic="t"}"#,
+            ) == Some(0.0)
+        {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "the lag never reached 0:\n{text}");
+    let want = [
+        (r#"evmesh_events_accepted_total{topic="t"}"#, 5.0),
+        (r#"evmesh_events_rejected_total{reason="malformed"}"#, 1.0),
+        (r#"evmesh_events_rejected_total{reason="too_large"}"#, 1.0),
+        (
+            r#"evmesh_events_rejected_total{reason="invalid_topic"}"#,
+            1.0,
+        ),
+        (
+            r#"evmesh_deliveries_total{subscription="ok",outcome="delivered"}"#,
+            5.0,
+        ),
+        (
+            r#"evmesh_deliveries_total{subscription="bad",outcome="dead_lettered"}"#,
+            5.0,
+        ),
+        (r#"evmesh_dead_letters_total{subscription="bad"}"#, 5.0),
+        (r#"evmesh_dead_letter_depth{subscription="bad"}"#, 5.0),
+        (r#"evmesh_dead_letter_depth{subscription="ok"}"#, 0.0),
+        // Two attempts each (retry: 1): the first is retried, the second is the last.
+        (r#"evmesh_delivery_retries_total{subscription="bad"}"#, 5.0),
+        (
+            r#"evmesh_delivery_attempt_duration_seconds_count{subscription="bad"}"#,
+            10.0,
+        ),
+        (
+            r#"evmesh_delivery_attempt_duration_seconds_count{subscription="ok"}"#,
+            5.0,
+        ),
+        (r#"evmesh_store_segments{topic="t"}"#, 1.0),
+        (
+            r#"evmesh_subscription_oldest_pending_age_seconds{subscription="ok",topic="t"}"#,
+            0.0,
+        ),
+    ];
+    for (series, value) in want {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(sample(&text, r#"evmesh_store_size_bytes{topic="t"}"#).unwrap() > 0.0);
+    assert!(sample(&text, r#"evmesh_connections_total{protocol="http"}"#).unwrap() >= 1.0);
+    assert!(sample(&text, r#"evmesh_connections_total{protocol="admin"}"#).unwrap() >= 1.0);
+    assert!(text.contains("# TYPE evmesh_delivery_attempt_duration_seconds histogram"));
+    assert!(text.ends_with("# EOF\n"));
+}

@@ -134,6 +134,10 @@ async fn readme_tour_runs_as_written_on_default_ports() {
         ),
         "{looked}"
     );
+    assert!(
+        looked.contains(r#"evmesh_deliveries_total{subscription="audit",outcome="delivered"} 2"#),
+        "{looked}"
+    );
     let p = printed.lock().unwrap().clone();
     assert!(!p.contains("'ce-id': '3'"), "event 3 must not match: {p}");
     assert!(

@@ -12,6 +12,7 @@ pub mod http_binding;
 pub mod publish;
 pub mod sdk;
 pub mod sink;
+pub mod trace;
 pub mod transform;
 
 pub use event::{Data, DataKind, Event, EventError, ExtValue, SpecVersion};

@@ -4,8 +4,10 @@
 use crate::{backoff_delay, deadletter, Ctx};
 use evmesh_core::ack::AckStatus;
 use evmesh_core::sink::{RetryHint, SinkError};
+use evmesh_core::trace::{self, TraceContext};
 use evmesh_core::{Event, ExtValue};
 use evmesh_router::Prepared;
+use evmesh_telemetry::Attr;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -170,8 +172,36 @@ async fn deliver_one(
         if ctx.stopping() {
             return AckStatus::Retry;
         }
-        let result = ctx.sink.deliver(event, spec.timeout.0).await;
+        let began = std::time::Instant::now();
+        let (parent, cx) = attempt_context(event);
+        let started = std::time::SystemTime::now();
+        let result = trace::with_attempt(cx, ctx.sink.deliver(event, spec.timeout.0)).await;
         made += 1;
+        let retried =
+            matches!(&result, Err(e) if e.hint != RetryHint::NotRetryable && made < max_attempts);
+        ctx.metrics.attempt(began.elapsed(), retried);
+        if let (Some(p), Some(cx)) = (parent, cx) {
+            if cx != p {
+                evmesh_telemetry::record(evmesh_telemetry::Span {
+                    cx,
+                    parent: Some(p.span_id),
+                    name: format!("deliver {}", ctx.route.name()),
+                    kind: evmesh_telemetry::Kind::Client,
+                    start: started,
+                    end: std::time::SystemTime::now(),
+                    attributes: vec![
+                        (
+                            "evmesh.subscription",
+                            Attr::Str(ctx.route.name().to_owned()),
+                        ),
+                        ("evmesh.sink", Attr::Str(ctx.sink.describe())),
+                        ("evmesh.attempt", Attr::Int(i64::from(made))),
+                        ("cloudevents.event_id", Attr::Str(event.id.clone())),
+                    ],
+                    error: result.as_ref().err().map(|e| e.message.clone()),
+                });
+            }
+        }
         match result {
             Ok(delivered) => {
                 if let Some(mut reply) = delivered.reply {
@@ -216,6 +246,20 @@ async fn deliver_one(
             }
         }
     }
+}
+
+/// The event's trace context (its `traceparent` extension) and the one this attempt sends:
+/// a child span when tracing is on, else the event's own, passed through unchanged.
+fn attempt_context(event: &Event) -> (Option<TraceContext>, Option<TraceContext>) {
+    let parent = match event.extension(trace::TRACEPARENT) {
+        Some(ExtValue::String(s)) => TraceContext::parse(s),
+        _ => None,
+    };
+    let cx = match parent {
+        Some(p) if evmesh_telemetry::enabled() => Some(p.child()),
+        p => p,
+    };
+    (parent, cx)
 }
 
 async fn dead_letter(ctx: &Ctx, event: &Event, attempts: u32, err: SinkError) -> AckStatus {

@@ -77,6 +77,19 @@ pub async fn list(
     ))
 }
 
+/// How many events a subscription's dead-letter list holds, where the log can say without
+/// reading them (a log that manages its own files); `None` elsewhere.
+pub fn depth(log: &dyn EventLog, state: &dyn StateStore, subscription: &str) -> Option<u64> {
+    let hk = log.housekeeping()?;
+    let topic = dlq_topic(subscription);
+    let at = state
+        .load_cursor(subscription, &cursor_key(&topic, 0))
+        .ok()
+        .flatten()
+        .map_or(0, |c| c.committed);
+    Some(hk.end(&topic).saturating_sub(at))
+}
+
 /// Marks the list as read up to `ends` (as [`list`] returned them).
 pub fn clear(
     state: &dyn StateStore,

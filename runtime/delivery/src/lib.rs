@@ -61,7 +61,8 @@ pub struct Supervisor {
     log: Arc<dyn EventLog>,
     state: Arc<dyn StateStore>,
     factory: SinkFactory,
-    default_delivery: Option<DeliverySpec>,
+    /// The document's `delivery:` (a reload may change it).
+    default_delivery: std::sync::RwLock<Option<DeliverySpec>>,
     subs: tokio::sync::Mutex<HashMap<String, Running>>,
     board: CursorBoard,
     drain_timeout: Duration,
@@ -83,7 +84,7 @@ impl Supervisor {
             log,
             state,
             factory,
-            default_delivery,
+            default_delivery: std::sync::RwLock::new(default_delivery),
             subs: tokio::sync::Mutex::new(HashMap::new()),
             board: Arc::new(Mutex::new(HashMap::new())),
             drain_timeout,
@@ -127,7 +128,11 @@ impl Supervisor {
         let route = Arc::new(Route::compile_with(
             config,
             origin,
-            self.default_delivery.as_ref(),
+            self.default_delivery
+                .read()
+                .ok()
+                .and_then(|d| d.clone())
+                .as_ref(),
             self.plugins.as_deref(),
         )?);
         let dls = match &route.delivery.dead_letter_sink {
@@ -153,6 +158,7 @@ impl Supervisor {
             dls: dls.clone(),
             log: self.log.clone(),
             stop: stop_rx,
+            metrics: evmesh_metrics::global().subscription(&name),
         });
         let mut tasks = Vec::new();
         for (topic, filtered, start) in [
@@ -215,6 +221,14 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Sets the delivery spec of subscriptions that have none (for those started from now on:
+    /// a reload restarts the running ones it concerns).
+    pub fn set_default_delivery(&self, d: Option<DeliverySpec>) {
+        if let Ok(mut g) = self.default_delivery.write() {
+            *g = d;
+        }
+    }
+
     /// Stops a subscription, letting in-flight deliveries finish and persisting its cursor,
     /// then closes its sinks.
     pub async fn stop(&self, name: &str) -> Option<Arc<Route>> {
@@ -229,6 +243,7 @@ impl Supervisor {
         if let Ok(mut b) = self.board.lock() {
             b.retain(|(s, _), _| s != name);
         }
+        evmesh_metrics::global().forget_subscription(name);
         tracing::info!(subscription = %name, "subscription stopped");
         Some(running.route)
     }
@@ -253,6 +268,21 @@ impl Supervisor {
     /// Delivers the dead-letter list again (see [`deadletter::redrive`]); says how many.
     pub async fn redrive(&self, name: &str) -> Result<usize, DeliveryError> {
         Ok(deadletter::redrive(self.log.as_ref(), self.state.as_ref(), name).await?)
+    }
+
+    /// Re-driven events of a subscription not yet finished (delivered or dead-lettered again),
+    /// where the log says its end without a read (the embedded log); `None` elsewhere or when
+    /// the subscription is not running.
+    pub fn redrive_pending(&self, name: &str) -> Option<u64> {
+        let hk = self.log.housekeeping()?;
+        let topic = deadletter::redrive_topic(name);
+        let committed = self
+            .board
+            .lock()
+            .ok()?
+            .get(&(name.to_owned(), topic.clone()))
+            .copied()?;
+        Some(hk.end(&topic).saturating_sub(committed))
     }
 
     /// Records a source could not store, oldest first.
@@ -377,6 +407,8 @@ pub(crate) struct Ctx {
     pub(crate) dls: Option<Arc<dyn Sink>>,
     pub(crate) log: Arc<dyn EventLog>,
     pub(crate) stop: watch::Receiver<bool>,
+    /// The subscription's counters and latency histogram (atomics; made once).
+    pub(crate) metrics: evmesh_metrics::SubscriptionMetrics,
 }
 
 impl Ctx {

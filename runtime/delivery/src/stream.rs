@@ -29,8 +29,12 @@ pub(crate) struct Stream {
     topic: String,
     filtered: bool,
     read_pos: u64,
-    /// Offsets handed out and not yet finished (running, ready or queued behind their key).
-    pending: BTreeMap<u64, Option<String>>,
+    /// Offsets handed out and not yet finished (running, ready or queued behind their key),
+    /// with their key and when the stream took them in.
+    pending: BTreeMap<u64, (Option<String>, Instant)>,
+    /// `evmesh_subscription_lag_events` and the oldest pending event's age, set as progress
+    /// is recorded.
+    gauges: evmesh_metrics::StreamGauges,
     attempts: Arc<Mutex<BTreeMap<u64, u32>>>,
     /// Attempts running now, by offset. Never more than `maxInFlight`.
     running: HashMap<u64, StoredEvent>,
@@ -80,11 +84,13 @@ impl Stream {
         if fresh {
             log.save_cursor(&state)?;
         }
+        let gauges = evmesh_metrics::global().stream(&name, &topic);
         if let Ok(mut b) = board.lock() {
             b.insert((name, topic.clone()), state.committed);
         }
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Ok(Stream {
+            gauges,
             ctx,
             log,
             topic,
@@ -124,6 +130,17 @@ impl Stream {
 
     fn persist(&mut self) {
         let committed = self.committed();
+        let lag = match self.log.progress() {
+            Progress::Cursor => self.log.watch_end().borrow().saturating_sub(committed),
+            Progress::PerEvent => self.pending.len() as u64,
+        };
+        let oldest = self
+            .pending
+            .values()
+            .next()
+            .map(|(_, at)| at.elapsed())
+            .unwrap_or_default();
+        self.gauges.set(lag, oldest);
         let attempts: BTreeMap<u64, u32> = self
             .attempts
             .lock()
@@ -283,6 +300,7 @@ impl Stream {
             }
         }
         self.persist();
+        self.gauges.forget();
     }
 
     /// Events the shared reader already matched, and where its batch ends.
@@ -333,7 +351,8 @@ impl Stream {
             Ordering::Key => job.se.event.partition_key(),
             Ordering::None => None,
         };
-        self.pending.insert(job.se.offset, key.clone());
+        self.pending
+            .insert(job.se.offset, (key.clone(), Instant::now()));
         match key {
             Some(k) if self.key_busy.contains(&k) => {
                 self.key_queue.entry(k).or_default().push_back(job);
@@ -401,6 +420,11 @@ impl Stream {
             self.release_key(offset);
             return;
         }
+        self.ctx.metrics.finished(match status {
+            AckStatus::DeadLettered => evmesh_metrics::Outcome::DeadLettered,
+            AckStatus::Skipped => evmesh_metrics::Outcome::Skipped,
+            _ => evmesh_metrics::Outcome::Delivered,
+        });
         self.finish_offset(offset);
     }
 
@@ -422,7 +446,7 @@ impl Stream {
 
     /// Hands the key of `offset` to the next event queued behind it, or frees it.
     fn release_key(&mut self, offset: u64) {
-        let Some(k) = self.pending.get(&offset).cloned().flatten() else {
+        let Some(k) = self.pending.get(&offset).and_then(|(k, _)| k.clone()) else {
             return;
         };
         match self.key_queue.get_mut(&k).and_then(VecDeque::pop_front) {

@@ -56,6 +56,7 @@ impl ListenerConfig for TcpListenerConfig {
             let mut stop = cx.stop.clone();
             let task = tokio::spawn(async move {
                 let mut sessions = tokio::task::JoinSet::new();
+                let counted = evmesh_metrics::global().protocol("tcp");
                 loop {
                     let accepted = tokio::select! {
                         a = listener.accept() => a,
@@ -63,12 +64,13 @@ impl ListenerConfig for TcpListenerConfig {
                     };
                     match accepted {
                         Ok((stream, peer)) => {
-                            sessions.spawn(crate::session::run(
-                                stream,
-                                peer,
-                                cx.clone(),
-                                em.groups.clone(),
-                            ));
+                            let open = counted.open();
+                            let session =
+                                crate::session::run(stream, peer, cx.clone(), em.groups.clone());
+                            sessions.spawn(async move {
+                                let _open = open;
+                                session.await
+                            });
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "tcp accept failed");

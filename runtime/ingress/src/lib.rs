@@ -14,6 +14,7 @@ use evmesh_core::component::{Check, Kind};
 use evmesh_core::config::ConfigError;
 use evmesh_core::publish::PublishError;
 use evmesh_core::{format, http_binding, DecodeError, Event};
+use evmesh_metrics::Rejection;
 use futures_util::future::BoxFuture;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -62,7 +63,7 @@ impl ListenerConfig for HttpIngestConfig {
                 replies: Some(cx.replies.clone()),
                 routes: Some(cx.routes.clone()),
             });
-            let h = serve(&addr, ingest, cx.stop.clone(), cx.drain)
+            let h = serve(&addr, "http", ingest, cx.stop.clone(), cx.drain)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(ListenerHandle {
@@ -275,20 +276,34 @@ impl Ingest {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return r;
         }
+        let m = evmesh_metrics::global();
         if let Err(e) = evmesh_core::config::validate_topic(&topic) {
+            m.rejected(Rejection::InvalidTopic);
             return error(StatusCode::BAD_REQUEST, e);
         }
         if let Mode::Unsupported(mt) = mode(req.headers()) {
+            m.rejected(Rejection::Malformed);
             return unsupported(mt);
         }
         let (parts, body) = match read_body(req, self.opts.max_body_bytes).await {
             Ok(x) => x,
-            Err(resp) => return resp,
+            Err(resp) => {
+                m.rejected(if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Rejection::TooLarge
+                } else {
+                    Rejection::Malformed
+                });
+                return resp;
+            }
         };
-        let events = match decode_as(mode(&parts.headers), &parts, body) {
+        let mut events = match decode_as(mode(&parts.headers), &parts, body) {
             Ok(e) => e,
-            Err(resp) => return *resp,
+            Err(resp) => {
+                m.rejected(Rejection::Malformed);
+                return *resp;
+            }
         };
+        trace_from_headers(&parts.headers, &mut events);
         match self.publisher.publish(&topic, &events).await {
             Ok(ack) => {
                 let body = format!(
@@ -370,6 +385,27 @@ fn request_timeout(query: Option<&str>) -> Result<std::time::Duration, String> {
         return Err(format!("timeout {raw:?} must be between 0 and PT5M"));
     }
     Ok(d.0)
+}
+
+/// With tracing on, a W3C `traceparent` request header is the parent of events that carry no
+/// `traceparent` extension of their own.
+pub fn trace_from_headers(headers: &http::HeaderMap, events: &mut [Event]) {
+    use evmesh_core::trace::{TraceContext, TRACEPARENT};
+    if !evmesh_telemetry::enabled() {
+        return;
+    }
+    let Some(cx) = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+    else {
+        return;
+    };
+    for e in events {
+        if e.extension(TRACEPARENT).is_none() {
+            e.set_extension(TRACEPARENT, evmesh_core::ExtValue::String(cx.to_string()));
+        }
+    }
 }
 
 /// The HTTP answer to a failed publish.

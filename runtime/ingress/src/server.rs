@@ -26,8 +26,10 @@ pub struct ServerHandle {
 }
 
 /// Binds `addr` and serves until `stop` turns true; then waits up to `drain` for open requests.
+/// Connections are counted under `protocol` (`evmesh_connections_total{protocol}`).
 pub async fn serve<H: Handler>(
     addr: &str,
+    protocol: &str,
     handler: Arc<H>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
@@ -42,6 +44,7 @@ pub async fn serve<H: Handler>(
         addr: addr.to_owned(),
         source,
     })?;
+    let counted = evmesh_metrics::global().protocol(protocol);
     let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         loop {
@@ -68,7 +71,9 @@ pub async fn serve<H: Handler>(
                 .serve_connection(TokioIo::new(stream), svc)
                 .into_owned();
             let conn = graceful.watch(conn);
+            let open = counted.open();
             tokio::spawn(async move {
+                let _open = open;
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }

@@ -47,7 +47,7 @@ use evmesh_core::duration::IsoDuration;
 use evmesh_core::Event;
 use evmesh_store::{
     lock_poisoned, safe_component, AppendAck, Consumption, EventLog, Housekeeping, LocalTopic,
-    LogConfig, LogContext, ReadBatch, StateStore, StoreError, StoreProblem,
+    LogConfig, LogContext, ReadBatch, StateStore, StoreError, StoreProblem, TopicUsage,
 };
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -469,6 +469,27 @@ impl Housekeeping for EmbeddedLog {
 
     fn end(&self, topic: &str) -> u64 {
         self.topic(topic).map_or(0, |t| t.durable_end())
+    }
+
+    fn usage(&self) -> Vec<TopicUsage> {
+        let topics: Vec<Arc<Topic>> = match self.inner.topics.read() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        topics
+            .iter()
+            .filter_map(|t| {
+                let log = t.log.read().ok()?;
+                if log.is_empty() {
+                    return None;
+                }
+                Some(TopicUsage {
+                    topic: t.name.clone(),
+                    bytes: log.iter().map(|s| s.end).sum(),
+                    segments: log.len() as u64,
+                })
+            })
+            .collect()
     }
 
     fn problems(&self) -> Vec<StoreProblem> {

@@ -259,6 +259,18 @@ pub trait Housekeeping: Send + Sync {
     fn end(&self, topic: &str) -> u64;
     /// Problems found when the log was opened.
     fn problems(&self) -> Vec<StoreProblem>;
+    /// What each topic occupies on disk.
+    fn usage(&self) -> Vec<TopicUsage> {
+        Vec::new()
+    }
+}
+
+/// One topic's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicUsage {
+    pub topic: String,
+    pub bytes: u64,
+    pub segments: u64,
 }
 
 /// A locally read topic as one consumer's partition: reads through the log, cursor in the

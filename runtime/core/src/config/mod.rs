@@ -49,6 +49,52 @@ pub struct Config {
     /// Inbound connectors that write what they read into evmesh topics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<SourceSpec>,
+    /// Traces (metrics are always on, at the admin API's `/metrics`).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `telemetry:`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// `telemetry.tracing:` OpenTelemetry traces, exported over OTLP/HTTP (JSON); off without an
+/// endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's traces URL, such as `http://127.0.0.1:4318/v1/traces`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded (0.0-1.0); an incoming `traceparent` decides for its
+    /// own trace.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            sample_ratio: default_sample_ratio(),
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "evmesh".into()
 }
 
 /// The server section: settings every listener shares, and each listener's own settings under
@@ -253,7 +299,7 @@ pub fn subscription_from_value(v: Value) -> Result<SubscriptionConfig, ConfigErr
     }
 }
 
-const SECTIONS: &str = "server, store, delivery, subscriptions, sources";
+const SECTIONS: &str = "server, store, delivery, subscriptions, sources, telemetry";
 
 /// Deserializes the document piece by piece so that every broken piece is reported.
 fn structural_errors(root: &Value) -> Vec<ConfigError> {
@@ -268,6 +314,7 @@ fn structural_errors(root: &Value) -> Vec<ConfigError> {
             "server" => errors.extend(typed::<ServerConfig>(v.clone(), key).err()),
             "store" => errors.extend(typed::<StoreSection>(v.clone(), key).err()),
             "delivery" => errors.extend(typed::<DeliverySpec>(v.clone(), key).err()),
+            "telemetry" => errors.extend(typed::<TelemetryConfig>(v.clone(), key).err()),
             "subscriptions" | "sources" => match v.as_sequence() {
                 Some(seq) => {
                     for (i, item) in seq.iter().enumerate() {
@@ -349,6 +396,31 @@ pub fn check(cfg: &Config) -> Vec<ConfigError> {
         errors.push(ConfigError::new(
             "server.maxBodyBytes",
             "must be greater than 0",
+        ));
+    }
+    let t = &cfg.telemetry.tracing;
+    if !(0.0..=1.0).contains(&t.sample_ratio) {
+        errors.push(ConfigError::new(
+            "telemetry.tracing.sampleRatio",
+            format!("{} is not between 0.0 and 1.0", t.sample_ratio),
+        ));
+    }
+    if let Some(url) = &t.otlp_endpoint {
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .map(|rest| rest.split('/').next().unwrap_or_default());
+        if host.is_none_or(str::is_empty) || url.contains(char::is_whitespace) {
+            errors.push(ConfigError::new(
+                "telemetry.tracing.otlpEndpoint",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    if t.service_name.trim().is_empty() {
+        errors.push(ConfigError::new(
+            "telemetry.tracing.serviceName",
+            "must not be empty",
         ));
     }
     let mut source_names: Vec<&str> = Vec::new();
