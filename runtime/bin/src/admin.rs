@@ -301,7 +301,9 @@ impl Admin {
                 // evmesh's own (the request-reply topic) are not the user's to see or change.
                 for r in self.supervisor.routes().await {
                     if r.origin != Origin::Internal {
-                        out.push(describe(&r.config, r.origin));
+                        let mut v = describe(&r.config, r.origin);
+                        v["state"] = self.state_of(r.name()).await.into();
+                        out.push(v);
                     }
                 }
                 json(StatusCode::OK, &serde_json::Value::Array(out))
@@ -312,7 +314,11 @@ impl Admin {
                 self.events(&topic, req.uri().query()).await
             }
             (Method::GET, ["subscriptions", name]) => match self.supervisor.route(name).await {
-                Some(r) => json(StatusCode::OK, &describe(&r.config, r.origin)),
+                Some(r) => {
+                    let mut v = describe(&r.config, r.origin);
+                    v["state"] = self.state_of(name).await.into();
+                    json(StatusCode::OK, &v)
+                }
                 None => not_found(name),
             },
             (Method::PUT, ["subscriptions", name]) => {
@@ -321,6 +327,29 @@ impl Admin {
             }
             (Method::DELETE, ["subscriptions", name]) => self.delete(name).await,
             (Method::GET, ["subscriptions", name, "deadletters"]) => self.deadletters(name).await,
+            (Method::DELETE, ["subscriptions", name, "deadletters"]) => {
+                self.purge_deadletters(name).await
+            }
+            (Method::GET, ["subscriptions", name, "deadletters", id]) => {
+                self.deadletter(name, id).await
+            }
+            (Method::POST, ["subscriptions", name, "pause"]) => self.pause_resume(name, true).await,
+            (Method::POST, ["subscriptions", name, "resume"]) => {
+                self.pause_resume(name, false).await
+            }
+            (Method::GET, ["subscriptions", name, "replay"]) => {
+                let Some(r) = self.supervisor.route(name).await else {
+                    return not_found(name);
+                };
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "pending": self.supervisor.pending(name, &r.config.topic) }),
+                )
+            }
+            (Method::POST, ["subscriptions", name, "replay"]) => {
+                let name = name.to_string();
+                self.replay(&name, req.uri().query()).await
+            }
             (Method::POST, ["subscriptions", name, "redrive"]) => self.redrive(name).await,
             (Method::GET, ["subscriptions", name, "redrive"]) => {
                 if self.supervisor.route(name).await.is_none() {
@@ -341,6 +370,7 @@ impl Admin {
             | (_, ["subscriptions"])
             | (_, ["subscriptions", _])
             | (_, ["subscriptions", _, _])
+            | (_, ["subscriptions", _, "deadletters", _])
             | (_, ["sources", _, _]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{method} is not allowed on {path}"),
@@ -516,6 +546,159 @@ impl Admin {
             reason: e.to_string(),
         })?;
         self.state.save_document(API_SUBSCRIPTIONS, &bytes)
+    }
+
+    async fn purge_deadletters(&self, name: &str) -> Resp {
+        if self.supervisor.route(name).await.is_none() {
+            return not_found(name);
+        }
+        let _g = self.changes.lock().await;
+        match self.supervisor.purge_dead_letters(name).await {
+            Ok(n) => json(StatusCode::OK, &serde_json::json!({ "purged": n })),
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("purge failed: {e}"),
+            ),
+        }
+    }
+
+    /// One dead letter by its event id, in structured mode.
+    async fn deadletter(&self, name: &str, id: &str) -> Resp {
+        if self.supervisor.route(name).await.is_none() {
+            return not_found(name);
+        }
+        match self.supervisor.dead_letters(name).await {
+            Ok(events) => match events.iter().find(|e| e.id == id) {
+                Some(e) => {
+                    let mut body = Vec::new();
+                    format::encode_structured(e, &mut body);
+                    let mut r = Resp::new(http_body_util::Full::new(Bytes::from(body)));
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/cloudevents+json"),
+                    );
+                    r
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no dead letter with id {id:?} in {name:?}'s list"),
+                ),
+            },
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    async fn state_of(&self, name: &str) -> &'static str {
+        match self.supervisor.is_paused(name).await {
+            Some(true) => "paused",
+            _ => "running",
+        }
+    }
+
+    /// `POST /subscriptions/{name}/pause|resume`.
+    async fn pause_resume(&self, name: &str, pause: bool) -> Resp {
+        match self.supervisor.route(name).await {
+            None => return not_found(name),
+            Some(r) if matches!(r.origin, Origin::Protocol | Origin::Internal) => {
+                return error(
+                    StatusCode::CONFLICT,
+                    managed_elsewhere(name, r.origin, if pause { "pause" } else { "resume" }),
+                )
+            }
+            Some(_) => {}
+        }
+        let _g = self.changes.lock().await;
+        let r = if pause {
+            self.supervisor.pause(name).await
+        } else {
+            self.supervisor.resume(name).await
+        };
+        match r {
+            Ok(changed) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "subscription": name, "state": if pause { "paused" } else { "running" }, "changed": changed }),
+            ),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+
+    /// `POST /subscriptions/{name}/replay?from=earliest|latest|OFFSET|RFC3339-TIME`.
+    async fn replay(&self, name: &str, query: Option<&str>) -> Resp {
+        let Some(route) = self.supervisor.route(name).await else {
+            return not_found(name);
+        };
+        if matches!(route.origin, Origin::Protocol | Origin::Internal) {
+            return error(
+                StatusCode::CONFLICT,
+                managed_elsewhere(name, route.origin, "replay"),
+            );
+        }
+        let Some(from) = query_param(query, "from") else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "say where to replay from: ?from=earliest, latest, an offset or an RFC 3339 time",
+            );
+        };
+        let topic = route.config.topic.clone();
+        let offset = match from.as_str() {
+            "earliest" => 0,
+            "latest" => u64::MAX,
+            f => match f.parse::<u64>() {
+                Ok(n) => n,
+                Err(_) => match chrono::DateTime::parse_from_rfc3339(f) {
+                    Ok(t) => match self.first_at_or_after(&topic, t).await {
+                        Ok(o) => o,
+                        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                    },
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "from={f:?} is not earliest, latest, an offset or an RFC 3339 time"
+                            ),
+                        )
+                    }
+                },
+            },
+        };
+        let _g = self.changes.lock().await;
+        match self.supervisor.replay(name, offset).await {
+            Ok(at) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "subscription": name, "topic": topic, "from": at }),
+            ),
+            Err(e @ evmesh_delivery::DeliveryError::Unsupported(_)) => {
+                error(StatusCode::CONFLICT, e.to_string())
+            }
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        }
+    }
+
+    /// The offset of the first event whose `time` is at or after `t` (events without a `time`
+    /// are passed over); the topic's end when there is none.
+    async fn first_at_or_after(
+        &self,
+        topic: &str,
+        t: chrono::DateTime<chrono::FixedOffset>,
+    ) -> Result<u64, StoreError> {
+        let mut at = 0;
+        loop {
+            let b = self.log.read(topic, 0, at, 1000).await?;
+            if b.events.is_empty() {
+                return Ok(b.next.max(at));
+            }
+            for se in &b.events {
+                let when = se
+                    .event
+                    .time
+                    .as_deref()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+                if when.is_some_and(|w| w >= t) {
+                    return Ok(se.offset);
+                }
+            }
+            at = b.next.max(at);
+        }
     }
 
     async fn deadletters(&self, name: &str) -> Resp {

@@ -75,8 +75,32 @@ pub struct TailArgs {
 
 #[derive(Subcommand)]
 pub enum SubscriptionsCmd {
-    /// One line per subscription: name, topic, sink, origin.
+    /// One line per subscription: name, topic, sink, origin, state.
     List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop delivering (events keep being stored; the cursor stays).
+    Pause {
+        subscription: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deliver again from the cursor.
+    Resume {
+        subscription: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Deliver again from an offset, `earliest`, `latest` or an RFC 3339 time, showing
+    /// progress until the subscription has caught up.
+    Replay {
+        subscription: String,
+        #[arg(long)]
+        from: String,
+        /// Return at once, without waiting for the deliveries.
+        #[arg(long)]
+        no_wait: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -264,12 +288,28 @@ pub async fn tail(a: TailArgs) -> Result<()> {
 }
 
 pub async fn subscriptions(cmd: SubscriptionsCmd) -> Result<()> {
-    let SubscriptionsCmd::List { target } = cmd;
+    let target = match cmd {
+        SubscriptionsCmd::List { target } => target,
+        SubscriptionsCmd::Pause {
+            subscription,
+            target,
+        } => return pause_resume(&subscription, "pause", &target).await,
+        SubscriptionsCmd::Resume {
+            subscription,
+            target,
+        } => return pause_resume(&subscription, "resume", &target).await,
+        SubscriptionsCmd::Replay {
+            subscription,
+            from,
+            no_wait,
+            target,
+        } => return replay(&subscription, &from, no_wait, &target).await,
+    };
     let url = format!("{}/subscriptions", base(&target.admin));
     let (_, body) = Http::new().get_ok(&url).await?;
     let subs: Vec<serde_json::Value> = serde_json::from_slice(&body)
         .with_context(|| format!("{url} answered something other than a list"))?;
-    let rows: Vec<[String; 4]> = subs
+    let rows: Vec<[String; 5]> = subs
         .iter()
         .map(|s| {
             let sink = &s["sink"];
@@ -284,10 +324,101 @@ pub async fn subscriptions(cmd: SubscriptionsCmd) -> Result<()> {
                 s["topic"].as_str().unwrap_or("?").to_owned(),
                 dest,
                 s["origin"].as_str().unwrap_or("?").to_owned(),
+                s["state"].as_str().unwrap_or("?").to_owned(),
             ]
         })
         .collect();
-    print_table(&["NAME", "TOPIC", "SINK", "ORIGIN"], &rows);
+    print_table(&["NAME", "TOPIC", "SINK", "ORIGIN", "STATE"], &rows);
+    Ok(())
+}
+
+async fn pause_resume(name: &str, action: &str, target: &Target) -> Result<()> {
+    let url = format!(
+        "{}/subscriptions/{}/{action}",
+        base(&target.admin),
+        encode(name)
+    );
+    let (st, _, body) = Http::new()
+        .send(Method::POST, &url, &[], Bytes::new())
+        .await?;
+    if !st.is_success() {
+        bail!("not done ({st}): {}", message(&body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let state = v["state"].as_str().unwrap_or("?");
+    if v["changed"] == true {
+        println!("{name}: {state}");
+    } else {
+        println!("{name}: already {state}");
+    }
+    Ok(())
+}
+
+async fn replay(name: &str, from: &str, no_wait: bool, target: &Target) -> Result<()> {
+    let http = Http::new();
+    let url = format!(
+        "{}/subscriptions/{}/replay",
+        base(&target.admin),
+        encode(name)
+    );
+    let (st, _, body) = http
+        .send(
+            Method::POST,
+            &format!("{url}?from={}", encode(from)),
+            &[],
+            Bytes::new(),
+        )
+        .await?;
+    if !st.is_success() {
+        bail!("not replayed ({st}): {}", message(&body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let at = v["from"].as_u64().unwrap_or(0);
+    let topic = v["topic"].as_str().unwrap_or("?").to_owned();
+    if no_wait {
+        println!("{name} replays {topic} from offset {at}");
+        return Ok(());
+    }
+    watch_pending(&http, &url, &format!("replay {name}"), || {
+        format!("{name} replayed {topic} from offset {at}; it has caught up")
+    })
+    .await
+}
+
+/// Shows progress from `GET url` (`{"pending": N}`) until nothing is pending.
+async fn watch_pending(
+    http: &Http,
+    url: &str,
+    label: &str,
+    done: impl FnOnce() -> String,
+) -> Result<()> {
+    let (_, body) = http.get_ok(url).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let Some(total) = v["pending"].as_u64() else {
+        println!("{label}: started (this event store does not report progress)");
+        return Ok(());
+    };
+    let mut bar = Progress::new(label, total);
+    let mut pending = total;
+    loop {
+        bar.show(total.saturating_sub(pending));
+        if pending == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                bar.finish();
+                println!("stopped watching; it goes on in evmesh");
+                return Ok(());
+            }
+        }
+        let (_, body) = http.get_ok(url).await?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        pending = v["pending"].as_u64().unwrap_or(0);
+    }
+    bar.finish();
+    println!("{}", done());
     Ok(())
 }
 
@@ -374,31 +505,10 @@ async fn redrive(name: &str, no_wait: bool, target: &Target) -> Result<()> {
         return Ok(());
     }
     // Progress: the re-driven events not yet finished, as evmesh counts them.
-    let progress = url.clone();
-    let mut bar = Progress::new(&format!("redrive {name}"), total);
-    loop {
-        let (_, body) = http.get_ok(&progress).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let Some(pending) = v["pending"].as_u64() else {
-            println!("re-drove {total} events of {name}'s dead-letter list (this event store does not report their progress)");
-            return Ok(());
-        };
-        bar.show(total.saturating_sub(pending));
-        if pending == 0 {
-            break;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => {
-                bar.finish();
-                println!("stopped watching; the re-drive goes on in evmesh");
-                return Ok(());
-            }
-        }
-    }
-    bar.finish();
-    println!("re-drove {total} events of {name}'s dead-letter list; every one is finished (delivered, or dead-lettered again: see `evmesh deadletters list {name}`)");
-    Ok(())
+    watch_pending(&http, &url, &format!("redrive {name}"), || {
+        format!("re-drove {total} events of {name}'s dead-letter list; every one is finished (delivered, or dead-lettered again: see `evmesh deadletters list {name}`)")
+    })
+    .await
 }
 
 /// A progress bar on stderr: redrawn in place on a terminal, a line per change of 10%

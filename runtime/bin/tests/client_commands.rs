@@ -112,9 +112,45 @@ async fn publish_tail_and_list_subscriptions_from_the_command_line() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows[0], vec!["NAME", "TOPIC", "SINK", "ORIGIN"]);
+    assert_eq!(rows[0], vec!["NAME", "TOPIC", "SINK", "ORIGIN", "STATE"]);
     assert_eq!(rows[1][..3], ["audit", "orders", "webhook"], "{listing}");
     assert_eq!(rows[1][3], rx.url(), "{listing}");
+    assert_eq!(rows[1][4..], ["config", "running"], "{listing}");
+
+    // Pause, resume, and replay from the start with progress until caught up.
+    let out = evmesh(&["subscriptions", "pause", "audit", "--admin", &admin]).await;
+    assert_eq!(
+        text(&out.stdout),
+        "audit: paused\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = evmesh(&["subscriptions", "pause", "audit", "--admin", &admin]).await;
+    assert_eq!(text(&out.stdout), "audit: already paused\n");
+    let out = evmesh(&["subscriptions", "resume", "audit", "--admin", &admin]).await;
+    assert_eq!(text(&out.stdout), "audit: running\n");
+    let before = rx.count();
+    let out = evmesh(&[
+        "subscriptions",
+        "replay",
+        "audit",
+        "--from",
+        "earliest",
+        "--admin",
+        &admin,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "audit replayed orders from offset 0; it has caught up\n"
+    );
+    assert!(
+        text(&out.stderr).lines().last().unwrap().ends_with("] 3/3"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(rx.count(), before + 3);
 
     // Errors are evmesh's own message, and a non-zero exit.
     let out = evmesh(&[

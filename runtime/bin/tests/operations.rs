@@ -223,3 +223,148 @@ async fn metrics_count_ingest_deliveries_dead_letters_lag_and_the_store() {
     assert!(text.contains("# TYPE evmesh_delivery_attempt_duration_seconds histogram"));
     assert!(text.ends_with("# EOF\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_replay_and_dead_letters_inspected_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(Behaviour::default()).await;
+    let cfg = format!(
+        "subscriptions:\n{}{}",
+        webhook_sub("p", "t", &rx.url(), ""),
+        webhook_sub(
+            "d",
+            "t",
+            "http://127.0.0.1:1/hook",
+            "    delivery: { retry: 0 }\n"
+        )
+    );
+    let data = dir.path().join("d");
+    let mut ev = Evmesh::start(&data, &cfg);
+    let c = client();
+    let post = |ev: &Evmesh, path: &str| {
+        let url = ev.admin_url(path);
+        let c = c.clone();
+        async move { send(&c, "POST", &url, &[], "").await }
+    };
+    for i in 0..5 {
+        assert_eq!(publish(&c, &ev, "t", &format!("e{i}"), &[]).await, 202);
+    }
+    assert!(wait_until(Duration::from_secs(20), || rx.count() == 5).await);
+
+    let (st, body) = post(&ev, "/subscriptions/p/pause").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains(r#""state":"paused""#) && body.contains(r#""changed":true"#),
+        "{body}"
+    );
+    for i in 5..10 {
+        assert_eq!(publish(&c, &ev, "t", &format!("e{i}"), &[]).await, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.count(), 5, "a paused subscription delivers nothing");
+    // Paused survives a restart.
+    assert!(ev.terminate().success());
+    ev = Evmesh::start(&data, &cfg);
+    let (_, body) = send(&c, "GET", &ev.admin_url("/subscriptions/p"), &[], "").await;
+    assert!(body.contains(r#""state":"paused""#), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), 5);
+
+    let (st, body) = post(&ev, "/subscriptions/p/resume").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(wait_until(Duration::from_secs(20), || rx.count() == 10).await);
+    let mut ids = rx.ids();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each event once");
+
+    // Replay from an offset: e2.. are delivered again.
+    let (st, body) = post(&ev, "/subscriptions/p/replay?from=2").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(r#""from":2"#), "{body}");
+    assert!(wait_until(Duration::from_secs(20), || rx.count() == 18).await);
+    let ids = rx.ids();
+    for i in 0..10 {
+        let want = if i >= 2 { 2 } else { 1 };
+        let id = format!("e{i}");
+        assert_eq!(
+            ids.iter().filter(|x| **x == id).count(),
+            want,
+            "{id}: {ids:?}"
+        );
+    }
+    // Replay from a time: the first event whose `time` is at or after it.
+    assert_eq!(
+        publish(&c, &ev, "t", "late", &[("ce-time", "2030-01-01T00:00:00Z")]).await,
+        202
+    );
+    assert!(wait_until(Duration::from_secs(20), || rx.count() == 19).await);
+    let (st, body) = post(
+        &ev,
+        "/subscriptions/p/replay?from=2029-12-31T00:00:00%2B00:00",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(r#""from":10"#), "{body}");
+    assert!(wait_until(Duration::from_secs(20), || rx.count() == 20).await);
+    assert_eq!(rx.ids().last().map(String::as_str), Some("late"));
+    for bad in [
+        "/subscriptions/p/replay",
+        "/subscriptions/p/replay?from=yesterday",
+    ] {
+        let (st, body) = post(&ev, bad).await;
+        assert_eq!(st, 400, "{bad}: {body}");
+    }
+    let (st, _) = post(&ev, "/subscriptions/nope/pause").await;
+    assert_eq!(st, 404);
+
+    // Dead letters: one inspected by id, then the list purged.
+    let dl = dead_letters(&c, &ev, "d", 11).await;
+    assert_eq!(dl.len(), 11);
+    let (st, body) = send(
+        &c,
+        "GET",
+        &ev.admin_url("/subscriptions/d/deadletters/e3"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["id"], "e3");
+    assert!(
+        e["deadletterreason"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:1"),
+        "{body}"
+    );
+    let (st, _) = send(
+        &c,
+        "GET",
+        &ev.admin_url("/subscriptions/d/deadletters/zz"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, 404);
+    let (st, body) = send(
+        &c,
+        "DELETE",
+        &ev.admin_url("/subscriptions/d/deadletters"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body, r#"{"purged":11}"#);
+    let (_, body) = send(
+        &c,
+        "GET",
+        &ev.admin_url("/subscriptions/d/deadletters"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(body, "[]");
+}

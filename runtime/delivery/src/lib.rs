@@ -36,6 +36,10 @@ pub enum DeliveryError {
     Sink { name: String, message: String },
     #[error("subscription {0:?} already exists")]
     Exists(String),
+    #[error("no subscription named {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Invalid(#[from] evmesh_router::RouterError),
     #[error(transparent)]
@@ -46,6 +50,9 @@ pub enum DeliveryError {
 pub type SinkFactory =
     Arc<dyn Fn(&ComponentSpec, &SinkContext) -> Result<Arc<dyn Sink>, String> + Send + Sync>;
 
+/// The state document listing paused subscriptions.
+const PAUSED: &str = "paused.json";
+
 /// Persisted cursors, by (subscription, topic), for garbage collection.
 pub(crate) type CursorBoard = Arc<Mutex<HashMap<(String, String), u64>>>;
 
@@ -54,6 +61,8 @@ struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     sinks: Vec<Arc<dyn Sink>>,
+    /// Paused: no stream runs; the cursor stays where it was.
+    paused: bool,
 }
 
 /// Runs every subscription and manages them at runtime.
@@ -151,6 +160,43 @@ impl Supervisor {
             }
             None => None,
         };
+        let mut sinks = vec![sink];
+        sinks.extend(dls);
+        let paused = self.paused_names().contains(&name);
+        let (stop, tasks) = if paused {
+            tracing::info!(subscription = %name, "subscription paused (resume it through the admin API)");
+            (watch::channel(true).0, Vec::new())
+        } else {
+            self.spawn_streams(&route, &sinks).await?
+        };
+        subs.insert(
+            name,
+            Running {
+                route,
+                stop,
+                tasks,
+                sinks,
+                paused,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts the streams of a subscription (its topic and its re-drive topic) delivering to
+    /// `sinks` (the sink, then the dead-letter sink if any).
+    async fn spawn_streams(
+        &self,
+        route: &Arc<Route>,
+        sinks: &[Arc<dyn Sink>],
+    ) -> Result<(watch::Sender<bool>, Vec<JoinHandle<()>>), DeliveryError> {
+        let name = route.name().to_owned();
+        let Some(sink) = sinks.first().cloned() else {
+            return Err(DeliveryError::Sink {
+                name,
+                message: "no sink".into(),
+            });
+        };
+        let dls = sinks.get(1).cloned();
         let (stop, stop_rx) = watch::channel(false);
         let ctx = Arc::new(Ctx {
             route: route.clone(),
@@ -207,18 +253,115 @@ impl Supervisor {
             }
         }
         tracing::info!(subscription = %name, topic = %route.config.topic, sink = %ctx.sink.describe(), "subscription started");
-        let mut sinks = vec![sink];
-        sinks.extend(dls);
-        subs.insert(
+        Ok((stop, tasks))
+    }
+
+    /// The subscriptions an operator paused (kept in the state store, so a restart or a
+    /// reload keeps them paused).
+    fn paused_names(&self) -> Vec<String> {
+        match self.state.load_document(PAUSED) {
+            Ok(Some(b)) => serde_json::from_slice(&b).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn save_paused(&self, names: &[String]) -> Result<(), DeliveryError> {
+        let bytes = serde_json::to_vec(names).map_err(|e| DeliveryError::Sink {
+            name: String::new(),
+            message: e.to_string(),
+        })?;
+        Ok(self.state.save_document(PAUSED, &bytes)?)
+    }
+
+    /// Whether the subscription is paused; `None` when there is none of that name.
+    pub async fn is_paused(&self, name: &str) -> Option<bool> {
+        self.subs.lock().await.get(name).map(|r| r.paused)
+    }
+
+    /// Pauses a subscription: its streams stop (in-flight deliveries finish, the cursor is
+    /// saved) and nothing is delivered until [`Supervisor::resume`]; events keep being stored.
+    /// Says whether it was running.
+    pub async fn pause(&self, name: &str) -> Result<bool, DeliveryError> {
+        let tasks = {
+            let mut subs = self.subs.lock().await;
+            let Some(r) = subs.get_mut(name) else {
+                return Err(DeliveryError::NotFound(name.to_owned()));
+            };
+            if r.paused {
+                return Ok(false);
+            }
+            r.paused = true;
+            let _ = r.stop.send(true);
+            std::mem::take(&mut r.tasks)
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut names = self.paused_names();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+            self.save_paused(&names)?;
+        }
+        tracing::info!(subscription = %name, "subscription paused");
+        Ok(true)
+    }
+
+    /// Resumes a paused subscription from its cursor; says whether it was paused.
+    pub async fn resume(&self, name: &str) -> Result<bool, DeliveryError> {
+        let mut names = self.paused_names();
+        names.retain(|n| n != name);
+        let mut subs = self.subs.lock().await;
+        let Some(r) = subs.get_mut(name) else {
+            return Err(DeliveryError::NotFound(name.to_owned()));
+        };
+        self.save_paused(&names)?;
+        if !r.paused {
+            return Ok(false);
+        }
+        let (stop, tasks) = self.spawn_streams(&r.route, &r.sinks).await?;
+        r.stop = stop;
+        r.tasks = tasks;
+        r.paused = false;
+        tracing::info!(subscription = %name, "subscription resumed");
+        Ok(true)
+    }
+
+    /// Moves a subscription's cursor on its topic to `offset` (clamped to the topic's end)
+    /// and delivers from there again: events before it are skipped, events after it are
+    /// delivered again. Only for topics this instance reads by itself (the embedded log).
+    /// Returns the offset it starts from.
+    pub async fn replay(&self, name: &str, offset: u64) -> Result<u64, DeliveryError> {
+        let Some(hk) = self.log.housekeeping() else {
+            return Err(DeliveryError::Unsupported(
+                "replay moves a cursor of the embedded log; a broker-backed store keeps consumer-group offsets in the broker (reset them there)".into(),
+            ));
+        };
+        let route = self
+            .route(name)
+            .await
+            .ok_or_else(|| DeliveryError::NotFound(name.to_owned()))?;
+        let topic = route.config.topic.clone();
+        let at = offset.min(hk.end(&topic));
+        let was_paused = self.is_paused(name).await == Some(true);
+        if !was_paused {
+            self.pause(name).await?;
+        }
+        self.state.save_cursor(
             name,
-            Running {
-                route,
-                stop,
-                tasks,
-                sinks,
+            &topic,
+            &evmesh_store::CursorState {
+                committed: at,
+                attempts: Default::default(),
             },
-        );
-        Ok(())
+        )?;
+        if let Ok(mut b) = self.board.lock() {
+            b.insert((name.to_owned(), topic.clone()), at);
+        }
+        if !was_paused {
+            self.resume(name).await?;
+        }
+        tracing::info!(subscription = %name, topic = %topic, offset = at, "subscription replays from an offset");
+        Ok(at)
     }
 
     /// Sets the delivery spec of subscriptions that have none (for those started from now on:
@@ -252,6 +395,11 @@ impl Supervisor {
     /// dead-letter list and re-drive topic, so a new subscription of the same name starts clean.
     pub async fn remove(&self, name: &str) -> Result<Option<Arc<Route>>, DeliveryError> {
         let route = self.stop(name).await;
+        let mut names = self.paused_names();
+        if names.iter().any(|n| n == name) {
+            names.retain(|n| n != name);
+            self.save_paused(&names)?;
+        }
         deadletter::remove(self.log.as_ref(), self.state.as_ref(), name).await?;
         Ok(route)
     }
@@ -270,12 +418,25 @@ impl Supervisor {
         Ok(deadletter::redrive(self.log.as_ref(), self.state.as_ref(), name).await?)
     }
 
+    /// Drops the subscription's dead-letter list (as listed now); says how many went.
+    pub async fn purge_dead_letters(&self, name: &str) -> Result<usize, DeliveryError> {
+        let (events, ends) = deadletter::list(self.log.as_ref(), self.state.as_ref(), name).await?;
+        deadletter::clear(self.state.as_ref(), name, &ends)?;
+        Ok(events.len())
+    }
+
     /// Re-driven events of a subscription not yet finished (delivered or dead-lettered again),
     /// where the log says its end without a read (the embedded log); `None` elsewhere or when
     /// the subscription is not running.
     pub fn redrive_pending(&self, name: &str) -> Option<u64> {
+        self.pending(name, &deadletter::redrive_topic(name))
+    }
+
+    /// Events of `topic` the subscription has not finished yet (as of its last saved cursor),
+    /// where the log says its end without a read; `None` elsewhere.
+    pub fn pending(&self, name: &str, topic: &str) -> Option<u64> {
         let hk = self.log.housekeeping()?;
-        let topic = deadletter::redrive_topic(name);
+        let topic = topic.to_owned();
         let committed = self
             .board
             .lock()
