@@ -39,10 +39,17 @@ async fn one_published_event_gives_one_connected_trace() {
     let dir = tempfile::tempdir().unwrap();
     let otlp = Receiver::start(Behaviour::default()).await;
     let hook = Receiver::start(Behaviour::default()).await;
+    let shaped = Receiver::start(Behaviour::default()).await;
     let cfg = format!(
-        "telemetry:\n  tracing:\n    otlpEndpoint: http://{}/v1/traces\n    serviceName: evmesh-test\nsubscriptions:\n{}",
+        "telemetry:\n  tracing:\n    otlpEndpoint: http://{}/v1/traces\n    serviceName: evmesh-test\nsubscriptions:\n{}{}",
         otlp.addr,
-        webhook_sub("audit", "t", &hook.url(), "")
+        webhook_sub("audit", "t", &hook.url(), ""),
+        webhook_sub(
+            "shaped",
+            "t",
+            &shaped.url(),
+            "    transforms:\n      - set: { type: audited }\n"
+        )
     );
     let ev = Evmesh::start(&dir.path().join("d"), &cfg);
     let c = client();
@@ -63,6 +70,8 @@ async fn one_published_event_gives_one_connected_trace() {
             find(&all, trace, "deliver audit").is_some()
                 && find(&all, trace, "publish t").is_some()
                 && find(&all, trace, "store append").is_some()
+                && find(&all, trace, "transform shaped").is_some()
+                && find(&all, trace, "deliver shaped").is_some()
         })
         .await,
         "spans: {all:#?}"
@@ -86,6 +95,17 @@ async fn one_published_event_gives_one_connected_trace() {
     assert_eq!(
         got.header("ce-traceparent").unwrap(),
         format!("00-{trace}-{p_id}-01")
+    );
+    // The other subscription's transform and attempt are children of the same publish span.
+    let transform = find(&all, trace, "transform shaped").unwrap();
+    assert_eq!(transform["parentSpanId"], p_id);
+    assert_eq!(
+        find(&all, trace, "deliver shaped").unwrap()["parentSpanId"],
+        p_id
+    );
+    assert_eq!(
+        shaped.events()[0].header("ce-type").as_deref(),
+        Some("audited")
     );
     // Every span of the trace is one of these (one connected tree, rooted at the caller).
     let ids: Vec<&str> = [publish_span, store, deliver]

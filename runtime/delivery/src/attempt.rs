@@ -35,13 +35,24 @@ pub(crate) async fn deliver(
         None if !ctx.route.has_transforms() => {
             return deliver_one(ctx, offset, &event, attempts).await
         }
-        None => match ctx.route.transform_routed((*event).clone()) {
-            Ok(o) => o,
-            Err(e) => {
-                let err = SinkError::not_retryable(format!("transform failed: {e}"));
-                return dead_letter(ctx, &event, 0, err).await;
+        None => {
+            let started = std::time::SystemTime::now();
+            let routed = ctx.route.transform_routed((*event).clone());
+            step_span(
+                ctx,
+                &event,
+                "transform",
+                started,
+                routed.as_ref().err().map(ToString::to_string),
+            );
+            match routed {
+                Ok(o) => o,
+                Err(e) => {
+                    let err = SinkError::not_retryable(format!("transform failed: {e}"));
+                    return dead_letter(ctx, &event, 0, err).await;
+                }
             }
-        },
+        }
     };
     let mut status = AckStatus::Skipped;
     for (topic, out) in outputs {
@@ -246,6 +257,39 @@ async fn deliver_one(
             }
         }
     }
+}
+
+/// Records a span for one step of a subscription (`transform`, `plugins`) on a traced event:
+/// a child of the event's context, from `started` until now.
+pub(crate) fn step_span(
+    ctx: &Ctx,
+    event: &Event,
+    step: &str,
+    started: std::time::SystemTime,
+    error: Option<String>,
+) {
+    if !evmesh_telemetry::enabled() {
+        return;
+    }
+    let Some(parent) = attempt_context(event).0 else {
+        return;
+    };
+    evmesh_telemetry::record(evmesh_telemetry::Span {
+        cx: parent.child(),
+        parent: Some(parent.span_id),
+        name: format!("{step} {}", ctx.route.name()),
+        kind: evmesh_telemetry::Kind::Internal,
+        start: started,
+        end: std::time::SystemTime::now(),
+        attributes: vec![
+            (
+                "evmesh.subscription",
+                Attr::Str(ctx.route.name().to_owned()),
+            ),
+            ("cloudevents.event_id", Attr::Str(event.id.clone())),
+        ],
+        error,
+    });
 }
 
 /// The event's trace context (its `traceparent` extension) and the one this attempt sends:

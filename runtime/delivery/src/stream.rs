@@ -330,10 +330,18 @@ impl Stream {
             }
         } else {
             let route = self.ctx.route.clone();
+            let started = std::time::SystemTime::now();
             let prepared = tokio::task::block_in_place(|| {
                 let refs: Vec<&Event> = events.iter().map(|se| &*se.event).collect();
                 route.prepare_batch(&refs)
             });
+            for (se, prep) in events.iter().zip(&prepared) {
+                let failed = match prep {
+                    Prepared::Failed(m) => Some(m.clone()),
+                    _ => None,
+                };
+                crate::attempt::step_span(&self.ctx, &se.event, "plugins", started, failed);
+            }
             for (se, prep) in events.into_iter().zip(prepared) {
                 if !matches!(prep, Prepared::Skip) {
                     self.dispatch_matched(Job {
