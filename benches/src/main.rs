@@ -12,6 +12,7 @@
 // The RocketMQ client's types nest deeply enough to need more than the default.
 #![recursion_limit = "256"]
 
+mod ops;
 mod rocketmq;
 mod tcp;
 
@@ -52,7 +53,10 @@ pub struct BenchArgs {
     /// e2e-batch, e2e-filter-none/builtin/wasm, tcp-publish-1, tcp-publish-64 (SDK
     /// publishers over the EventMesh TCP protocol), tcp-push-1, tcp-push-8 (SDK subscribers),
     /// kafka-sink, kafka-store-ingest, kafka-store-e2e (these three need --kafka),
-    /// rocketmq-sink, rocketmq-store-ingest, rocketmq-store-e2e (these three need --rocketmq).
+    /// rocketmq-sink, rocketmq-store-ingest, rocketmq-store-e2e (these three need --rocketmq),
+    /// sidecar-footprint, standalone-footprint (start-up to ready, idle RSS), latency-1k
+    /// (publish → local webhook at 1,000 events/s next to a direct POST), tracing-cost,
+    /// metrics-ops.
     #[arg(long, default_value = "bare,binary-always,binary-interval,batch,e2e")]
     scenarios: String,
     /// A WASM filter component for the `e2e-filter-wasm` scenario (e.g. the example
@@ -279,6 +283,22 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
             "tcp-push-1" | "tcp-push-8" => {
                 let n = if scenario.ends_with("-8") { 8 } else { 1 };
                 tcp::push(&args, &dir, scenario, n, payload.clone()).await?
+            }
+            "sidecar-footprint" | "standalone-footprint" => {
+                ops::footprint(&args, &dir, scenario == "sidecar-footprint").await?;
+                continue;
+            }
+            "latency-1k" => {
+                ops::latency_at_rate(&args, &dir, 1000).await?;
+                continue;
+            }
+            "tracing-cost" => {
+                ops::tracing_cost(&args, &dir).await?;
+                continue;
+            }
+            "metrics-ops" => {
+                ops::metrics_ops()?;
+                continue;
             }
             other => bail!("unknown scenario {other:?}"),
         };
