@@ -4,6 +4,7 @@
 //! `Retry-After`; `408`, other 5xx, timeouts and connection errors are retried; other 4xx are
 //! not, and go to the dead-letter path.
 
+mod batch;
 mod eventmesh;
 mod pool;
 
@@ -30,6 +31,13 @@ pub struct WebhookSinkConfig {
     /// Extra headers sent with every request.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// `mode: batch`: most events in one request (default 100; a subscription's
+    /// `maxInFlight` bounds it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+    /// `mode: batch`: how long the first event of a batch waits for more (default PT0.005S).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger: Option<evmesh_core::duration::IsoDuration>,
 }
 
 /// How an event is laid out in the request.
@@ -46,6 +54,11 @@ pub enum HttpMode {
     /// `extfields`) with the `code: 105` header; the receiver's JSON `retCode` is honoured.
     #[serde(rename = "eventmesh")]
     EventMesh,
+    /// Events delivered at about the same time go together in one
+    /// `application/cloudevents-batch+json` POST (up to `maxBatch`, waiting at most `linger`
+    /// for more); the receiver's answer counts for every event of the batch. Opt-in, for
+    /// receivers that take batches.
+    Batch,
 }
 
 impl Kind for WebhookSinkConfig {
@@ -57,6 +70,22 @@ impl Check for WebhookSinkConfig {
         let mut errors = Vec::new();
         if let Err(e) = validate_http_url(&self.url) {
             errors.push(ConfigError::new("url", e));
+        }
+        if self.mode != HttpMode::Batch {
+            for (key, set) in [
+                ("maxBatch", self.max_batch.is_some()),
+                ("linger", self.linger.is_some()),
+            ] {
+                if set {
+                    errors.push(ConfigError::new(key, "only applies with mode: batch"));
+                }
+            }
+        }
+        if self.max_batch.is_some_and(|n| n == 0 || n > 10_000) {
+            errors.push(ConfigError::new("maxBatch", "must be between 1 and 10000"));
+        }
+        if self.linger.is_some_and(|d| d.0 > Duration::from_secs(10)) {
+            errors.push(ConfigError::new("linger", "must be at most PT10S"));
         }
         for name in self.headers.keys() {
             let ok = !name.is_empty()
@@ -78,6 +107,13 @@ impl SinkConfig for WebhookSinkConfig {
     fn build(&self, cx: &SinkContext) -> Result<Arc<dyn Sink>, String> {
         let mut sink = WebhookSink::new(self).map_err(|e| e.to_string())?;
         sink.topic = cx.topic.clone();
+        if self.mode == HttpMode::Batch {
+            return Ok(Arc::new(batch::BatchingSink::new(
+                Arc::new(sink),
+                self.max_batch.unwrap_or(100),
+                self.linger.map_or(Duration::from_millis(5), |d| d.0),
+            )));
+        }
         Ok(Arc::new(sink))
     }
 }
@@ -247,6 +283,15 @@ impl WebhookSink {
                     Bytes::from(out)
                 }
                 HttpMode::EventMesh => eventmesh::push_request(h, e, &self.topic),
+                HttpMode::Batch => {
+                    h.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/cloudevents-batch+json"),
+                    );
+                    let mut out = Vec::with_capacity(256);
+                    format::encode_batch(std::slice::from_ref(e), &mut out);
+                    Bytes::from(out)
+                }
             };
             if let Some(name) = bad {
                 return Err(SinkError::not_retryable(format!(
@@ -260,10 +305,66 @@ impl WebhookSink {
         Err(SinkError::not_retryable("building the request failed"))
     }
 
+    /// The request for several events in `mode: batch`.
+    fn batch_request(&self, events: &[Event]) -> Result<Request<Full<Bytes>>, SinkError> {
+        let mut b = Request::post(self.target.clone());
+        if let Some(h) = b.headers_mut() {
+            h.insert(http::header::HOST, self.host_header.clone());
+            for (k, v) in &self.headers {
+                h.insert(k.clone(), v.clone());
+            }
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/cloudevents-batch+json"),
+            );
+        }
+        let mut out = Vec::with_capacity(256 * events.len());
+        format::encode_batch(events, &mut out);
+        b.body(Full::new(Bytes::from(out)))
+            .map_err(|err| SinkError::not_retryable(format!("building the request: {err}")))
+    }
+
+    /// One POST of a batch; its outcome is every event's (a reply in the answer is not read).
+    pub(crate) async fn attempt_batch(
+        &self,
+        events: &[Event],
+        timeout: Duration,
+    ) -> Result<(), SinkError> {
+        let r = self
+            .exchange(|| self.batch_request(events), timeout, false)
+            .await
+            .map(|_| ());
+        self.note_health(&r);
+        r
+    }
+
+    fn note_health<T>(&self, r: &Result<T, SinkError>) {
+        let h = match r {
+            Ok(_) => SinkHealth::Ready,
+            // A refusal (4xx) says nothing about the destination's health.
+            Err(e) if e.hint == RetryHint::NotRetryable => SinkHealth::Ready,
+            Err(e) => SinkHealth::Unhealthy(e.message.clone()),
+        };
+        if let Ok(mut g) = self.health.lock() {
+            *g = h;
+        }
+    }
+
     async fn attempt(&self, e: &Event, timeout: Duration) -> Result<Delivered, SinkError> {
+        self.exchange(|| self.request(e), timeout, true).await
+    }
+
+    /// Sends a request and classifies the answer; `with_reply` reads a reply event from a
+    /// 2xx.
+    async fn exchange(
+        &self,
+        make: impl Fn() -> Result<Request<Full<Bytes>>, SinkError>,
+        timeout: Duration,
+        with_reply: bool,
+    ) -> Result<Delivered, SinkError> {
         let (parts, body) = self
             .pool
-            .send(|| self.request(e), MAX_REPLY_BYTES, timeout)
+            .send(make, MAX_REPLY_BYTES, timeout)
             .await
             .map_err(|err| match err {
                 pool::SendError::Build(e) => e,
@@ -279,6 +380,9 @@ impl WebhookSink {
         let status = parts.status;
         if self.mode == HttpMode::EventMesh {
             return eventmesh::push_outcome(&self.uri, status, &parts.headers, body);
+        }
+        if status.is_success() && !with_reply {
+            return Ok(Delivered { reply: None });
         }
         if status.is_success() {
             let body = body.map_err(|err| {
@@ -352,15 +456,7 @@ impl Sink for WebhookSink {
     ) -> BoxFuture<'a, Result<Delivered, SinkError>> {
         Box::pin(async move {
             let r = self.attempt(event, timeout).await;
-            let h = match &r {
-                Ok(_) => SinkHealth::Ready,
-                // A refusal of one event (4xx) says nothing about the destination's health.
-                Err(e) if e.hint == RetryHint::NotRetryable => SinkHealth::Ready,
-                Err(e) => SinkHealth::Unhealthy(e.message.clone()),
-            };
-            if let Ok(mut g) = self.health.lock() {
-                *g = h;
-            }
+            self.note_health(&r);
             r
         })
     }

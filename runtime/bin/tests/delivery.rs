@@ -663,3 +663,67 @@ async fn a_failing_subscription_never_holds_back_another() {
         "the other two are still stuck, as designed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_batch_mode_posts_cloudevents_batches_and_retries_them_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    // The first batch is refused with 503: its events are retried, none is lost.
+    let rx = Receiver::start(Behaviour {
+        fail_first: 1,
+        fail_status: 503,
+        ..Default::default()
+    })
+    .await;
+    let cfg = format!(
+        "subscriptions:\n  - name: b\n    topic: t\n    maxInFlight: 256\n    sink: {{ type: webhook, url: \"{}\", mode: batch, maxBatch: 50, linger: PT0.02S }}\n    delivery: {{ retry: 5, backoffDelay: PT0.05S }}\n",
+        rx.url()
+    );
+    let ev = Evmesh::start(&dir.path().join("d"), &cfg);
+    let c = client();
+    publish_keyed(&c, &ev, "t", 0..300).await;
+    let ids = |rx: &Receiver| {
+        let mut out = Vec::new();
+        for g in rx.events() {
+            assert_eq!(
+                g.header("content-type").as_deref(),
+                Some("application/cloudevents-batch+json")
+            );
+            let batch: Vec<Value> = serde_json::from_slice(&g.body).unwrap();
+            assert!(!batch.is_empty() && batch.len() <= 50, "{}", batch.len());
+            out.extend(batch.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        }
+        out
+    };
+    assert!(
+        wait_until(WAIT, || {
+            let mut all = ids(&rx);
+            all.sort();
+            all.dedup();
+            all.len() == 300
+        })
+        .await
+    );
+    let requests = rx.count();
+    assert!(
+        requests < 100,
+        "{requests} requests for 300 events: not batched"
+    );
+    assert!(rx.attempts() > rx.count(), "the refused batch was retried");
+    // Options of batch mode are refused on other modes.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "subscriptions:\n  - name: x\n    topic: t\n    sink: { type: webhook, url: \"http://127.0.0.1:1/\", maxBatch: 5 }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(evmesh_bin())
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("subscriptions[0].sink.maxBatch: only applies with mode: batch"),
+        "{text}"
+    );
+}
