@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// `scripts/rocketmq-broker.sh start`: 127.0.0.1:9876).
     #[arg(long)]
     rocketmq: Option<String>,
+    /// Also write every figure to this file as JSON (one object a scenario, with the ratio to
+    /// bare hyper in the same run), so runs can be compared.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
     /// Run only the bare baseline server and print its address (the other scenarios start
     /// it this way).
     #[arg(long)]
@@ -110,6 +114,31 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    fn json(&self, bare_rps: Option<f64>) -> serde_json::Value {
+        let mut l = self.latencies_us.clone();
+        l.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if l.is_empty() {
+                return 0.0;
+            }
+            let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+            f64::from(l[i]) / 1000.0
+        };
+        let secs = self.elapsed.as_secs_f64();
+        let rps = self.requests as f64 / secs;
+        serde_json::json!({
+            "scenario": self.name,
+            "events_per_s": self.events as f64 / secs,
+            "requests_per_s": rps,
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+            "p999_ms": pct(0.999),
+            "errors": self.errors,
+            "requests_vs_bare": bare_rps.map(|b| rps / b),
+            "note": self.note,
+        })
+    }
+
     fn print(&self) {
         let mut l = self.latencies_us.clone();
         l.sort_unstable();
@@ -154,6 +183,7 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     );
     let payload = Bytes::from(vec![b'x'; args.payload]);
     let mut bare_rps = None;
+    let mut figures = Vec::new();
     for scenario in args.scenarios.split(',').map(str::trim) {
         let report = match scenario {
             "bare" => {
@@ -302,7 +332,28 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
             }
             other => bail!("unknown scenario {other:?}"),
         };
+        let mut report = report;
+        if let (Some(b), false) = (bare_rps, report.note.contains("of bare hyper")) {
+            if report.name != "bare-hyper" {
+                let rps = report.requests as f64 / report.elapsed.as_secs_f64();
+                let sep = if report.note.is_empty() { "" } else { "; " };
+                report.note = format!("{}{sep}{:.0}% of bare hyper", report.note, 100.0 * rps / b);
+            }
+        }
         report.print();
+        figures.push(report.json(bare_rps));
+    }
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "connections": args.connections,
+            "seconds": args.seconds,
+            "payload": args.payload,
+            "scenarios": figures,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(std::process::ExitCode::SUCCESS)
@@ -717,6 +768,7 @@ pub(crate) async fn e2e_with(
             batch: args.batch,
             scenarios: String::new(),
             bare_server: false,
+            json: None,
             plugin: None,
             kafka: None,
             rocketmq: None,
