@@ -569,18 +569,44 @@ impl BatchTransform for WasmTransform {
 
 /// The loader the binary hands to the router.
 pub struct WasmLoader {
-    engine: Arc<PluginEngine>,
+    engine: std::sync::OnceLock<Result<Arc<PluginEngine>, String>>,
+    /// Where a lazily started engine keeps compiled modules.
+    cache_dir: Option<std::path::PathBuf>,
     watch: Option<Duration>,
 }
 
 impl WasmLoader {
     /// `watch`: how often plugin files are checked for changes (None: never).
     pub fn new(engine: Arc<PluginEngine>, watch: Option<Duration>) -> WasmLoader {
-        WasmLoader { engine, watch }
+        WasmLoader {
+            engine: std::sync::OnceLock::from(Ok(engine)),
+            cache_dir: None,
+            watch,
+        }
+    }
+
+    /// A loader whose engine starts with the first plugin: a process that uses none never
+    /// reserves the engine's memory pool or starts its threads.
+    pub fn lazy(cache_dir: Option<&Path>, watch: Option<Duration>) -> WasmLoader {
+        WasmLoader {
+            engine: std::sync::OnceLock::new(),
+            cache_dir: cache_dir.map(Path::to_path_buf),
+            watch,
+        }
+    }
+
+    fn engine(&self) -> Result<&Arc<PluginEngine>, String> {
+        self.engine
+            .get_or_init(|| {
+                PluginEngine::new(self.cache_dir.as_deref())
+                    .map_err(|e| format!("starting the WASM plugin engine: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     fn load(&self, kind: Kind, cfg: &WasmPluginConfig) -> Result<Arc<Plugin>, String> {
-        let p = Plugin::load(&self.engine, kind, cfg).map_err(|e| e.to_string())?;
+        let p = Plugin::load(self.engine()?, kind, cfg).map_err(|e| e.to_string())?;
         if let Some(every) = self.watch {
             p.watch(every);
         }

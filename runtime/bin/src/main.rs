@@ -332,10 +332,9 @@ async fn serve(
         .await
         .map_err(anyhow::Error::msg)?;
     let drain = cfg.server.shutdown_timeout.0;
-    let engine = evmesh_plugin_host::PluginEngine::new(Some(&data_dir.join("plugin-cache")))
-        .context("starting the WASM plugin engine")?;
-    let loader: Arc<dyn PluginLoader> = Arc::new(evmesh_plugin_host::WasmLoader::new(
-        engine,
+    // The engine starts with the first plugin a subscription uses.
+    let loader: Arc<dyn PluginLoader> = Arc::new(evmesh_plugin_host::WasmLoader::lazy(
+        Some(&data_dir.join("plugin-cache")),
         Some(Duration::from_secs(1)),
     ));
     let supervisor = Supervisor::new(

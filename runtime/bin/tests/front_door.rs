@@ -110,7 +110,18 @@ async fn ingest_speaks_http2_with_prior_knowledge_on_the_same_port() {
 async fn relative_data_dir_and_plugin_cache_work() {
     let rx = Receiver::start(Behaviour::default()).await;
     let cwd = tempfile::tempdir().unwrap();
-    let cfg = format!("subscriptions:\n{}", webhook_sub("s", "t", &rx.url(), ""));
+    // A plugin, so that the plugin engine (started with the first plugin) uses its cache.
+    let plugin = example_plugins().join("json_field_filter.wasm");
+    std::fs::copy(&plugin, cwd.path().join("f.wasm")).unwrap();
+    let cfg = format!(
+        "subscriptions:\n{}",
+        webhook_sub(
+            "s",
+            "t",
+            &rx.url(),
+            "    filters:\n      - wasm: { uses: f.wasm, with: { field: status, equals: paid } }\n"
+        )
+    );
     std::fs::write(cwd.path().join("c.yaml"), cfg).unwrap();
     let mut ev = Evmesh::start_in(
         cwd.path(),
@@ -121,7 +132,15 @@ async fn relative_data_dir_and_plugin_cache_work() {
         ],
     );
     let c = client();
-    assert_eq!(publish(&c, &ev, "t", "r1", &[]).await, 202);
+    let (st, _) = send(
+        &c,
+        "POST",
+        &ev.url("/topics/t"),
+        &[("content-type", "application/cloudevents+json")],
+        r#"{"specversion":"1.0","id":"r1","source":"/s","type":"t","datacontenttype":"application/json","data":{"status":"paid"}}"#,
+    )
+    .await;
+    assert_eq!(st, 202);
     assert!(wait_until(WAIT, || rx.count() == 1).await, "{}", ev.log());
     assert!(cwd.path().join("rel/topics/t").is_dir());
     assert!(cwd.path().join("rel/plugin-cache").is_dir());

@@ -133,26 +133,32 @@ struct Traced {
 }
 
 impl Traced {
-    /// `None` when tracing is off (the events are stored as they are).
+    /// `None` when no event is traced (the events are stored as they are).
     fn start(events: &[Event]) -> Option<Traced> {
         if !evmesh_telemetry::enabled() {
             return None;
         }
         let start = SystemTime::now();
-        let mut out = events.to_vec();
-        let mut spans = Vec::with_capacity(out.len());
-        for e in &mut out {
+        // Decide first, copy only when some event is traced: with sampling at 0% and no
+        // incoming context, tracing costs no copy of the events.
+        let mut decided = Vec::with_capacity(events.len());
+        for e in events {
             let parent = match e.extension(TRACEPARENT) {
                 Some(ExtValue::String(s)) => TraceContext::parse(s),
                 _ => None,
             };
-            let Some(cx) = evmesh_telemetry::start(parent) else {
-                continue;
-            };
-            // A new trace that is not sampled is not worth its bytes on every event.
-            if parent.is_none() && !cx.sampled {
-                continue;
-            }
+            let cx = evmesh_telemetry::start(parent)
+                // A new trace that is not sampled is not worth its bytes on every event.
+                .filter(|cx| parent.is_some() || cx.sampled);
+            decided.push((parent, cx));
+        }
+        if decided.iter().all(|(_, cx)| cx.is_none()) {
+            return None;
+        }
+        let mut out = events.to_vec();
+        let mut spans = Vec::with_capacity(out.len());
+        for (e, (parent, cx)) in out.iter_mut().zip(decided) {
+            let Some(cx) = cx else { continue };
             e.set_extension(TRACEPARENT, ExtValue::String(cx.to_string()));
             spans.push((cx, parent, e.id.clone()));
         }
