@@ -517,9 +517,14 @@ mod tests {
             url: "ftp://x".into(),
             mode: HttpMode::Binary,
             headers: [("bad header".to_owned(), "v".to_owned())].into(),
+            max_batch: Some(0),
+            linger: None,
         };
         let paths: Vec<String> = cfg.check().into_iter().map(|e| e.path).collect();
-        assert_eq!(paths, vec!["url", "headers.bad header"]);
+        assert_eq!(
+            paths,
+            vec!["url", "maxBatch", "maxBatch", "headers.bad header"]
+        );
     }
 
     #[test]
@@ -528,6 +533,8 @@ mod tests {
             url: "https://x/".into(),
             mode: HttpMode::Binary,
             headers: Default::default(),
+            max_batch: None,
+            linger: None,
         };
         assert!(WebhookSink::new(&cfg).is_err());
     }
