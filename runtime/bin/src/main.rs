@@ -170,9 +170,16 @@ fn serve_command(
             if upstream.is_none() {
                 bail!("--profile sidecar needs --upstream (or EVMESH_UPSTREAM): where to forward what the application publishes");
             }
-            // Small and quick to start: one worker thread, few blocking threads.
+            small_allocator();
+            // Small and quick to start: one worker thread (TOKIO_WORKER_THREADS overrides),
+            // few blocking threads.
+            let workers = std::env::var("TOKIO_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(1);
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
+                .worker_threads(workers)
                 .max_blocking_threads(4)
                 .enable_all()
                 .build()
@@ -180,6 +187,27 @@ fn serve_command(
         }
     };
     rt.block_on(serve(config, data_dir, profile, upstream))
+}
+
+/// mimalloc commits its first arena eagerly (about 8 MB resident at idle). A sidecar asks it
+/// not to; the allocator reads the setting when the process starts, so evmesh starts itself
+/// again once with it set (same process id, same arguments; a few milliseconds). Set
+/// `MIMALLOC_ARENA_EAGER_COMMIT` yourself to choose otherwise.
+fn small_allocator() {
+    const VAR: &str = "MIMALLOC_ARENA_EAGER_COMMIT";
+    if std::env::var_os(VAR).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VAR, "0")
+        .exec();
+    // `exec` returns only when it failed: go on with the allocator as it is.
+    tracing::warn!(error = %err, "could not restart with a smaller allocator footprint; going on");
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

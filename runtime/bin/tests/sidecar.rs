@@ -76,6 +76,15 @@ async fn the_sidecar_forwards_everything_upstream_while_the_upstream_is_killed_a
             ("EVMESH_SUBSCRIPTIONS__0__SINK__URL", &audit.url()),
         ],
     );
+    // The sidecar restarted itself once with mimalloc's eager arena commit off (a smaller
+    // idle footprint): same process, the setting in its environment.
+    let environ = std::fs::read(format!("/proc/{}/environ", sidecar.pid())).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|kv| kv == b"MIMALLOC_ARENA_EAGER_COMMIT=0"),
+        "the sidecar runs without the allocator setting"
+    );
     let c = client();
     for i in 0..300 {
         if i == 100 {

@@ -260,6 +260,11 @@ impl Evmesh {
         assert!(status.success());
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("stopped").id()
+    }
+
     /// The configuration file `start`/`start_with_env` wrote.
     pub fn config_path(&self) -> PathBuf {
         self.data_dir.with_extension("yaml")
