@@ -85,6 +85,14 @@ impl KafkaSink {
                 evmesh_core::trace::TRACEPARENT.to_owned(),
                 cx.to_string().into_bytes(),
             ));
+            if let Some(state) = evmesh_core::trace::current_state() {
+                rec.headers
+                    .retain(|(k, _)| k != evmesh_core::trace::TRACESTATE);
+                rec.headers.push((
+                    evmesh_core::trace::TRACESTATE.to_owned(),
+                    state.into_bytes(),
+                ));
+            }
         }
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.topic).headers(owned_headers(&rec.headers));

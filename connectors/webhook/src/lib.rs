@@ -254,6 +254,11 @@ impl WebhookSink {
                 if let Ok(v) = HeaderValue::from_str(&cx.to_string()) {
                     h.insert(evmesh_core::trace::TRACEPARENT, v);
                 }
+                if let Some(v) =
+                    evmesh_core::trace::current_state().and_then(|s| HeaderValue::from_str(&s).ok())
+                {
+                    h.insert(evmesh_core::trace::TRACESTATE, v);
+                }
             }
             for (k, v) in &self.headers {
                 h.insert(k.clone(), v.clone());

@@ -59,7 +59,14 @@ async fn one_published_event_gives_one_connected_trace() {
     let caller = "00f067aa0ba902b7";
     let tp = format!("00-{trace}-{caller}-01");
     assert_eq!(
-        publish(&c, &ev, "t", "e1", &[("traceparent", &tp)]).await,
+        publish(
+            &c,
+            &ev,
+            "t",
+            "e1",
+            &[("traceparent", &tp), ("tracestate", "vendor=abc")]
+        )
+        .await,
         202
     );
     assert!(wait_until(Duration::from_secs(20), || hook.count() == 1).await);
@@ -72,6 +79,8 @@ async fn one_published_event_gives_one_connected_trace() {
                 && find(&all, trace, "store append").is_some()
                 && find(&all, trace, "transform shaped").is_some()
                 && find(&all, trace, "deliver shaped").is_some()
+                && find(&all, trace, "filter audit").is_some()
+                && find(&all, trace, "filter shaped").is_some()
         })
         .await,
         "spans: {all:#?}"
@@ -96,6 +105,21 @@ async fn one_published_event_gives_one_connected_trace() {
         got.header("ce-traceparent").unwrap(),
         format!("00-{trace}-{p_id}-01")
     );
+    // Vendor trace state travels with the context.
+    assert_eq!(got.header("tracestate").as_deref(), Some("vendor=abc"));
+    // Each subscription's filter verdict is a child of the publish span.
+    for sub in ["audit", "shaped"] {
+        let f = find(&all, trace, &format!("filter {sub}")).unwrap();
+        assert_eq!(f["parentSpanId"], p_id);
+        assert!(
+            f["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["key"] == "evmesh.matched" && a["value"]["stringValue"] == "true"),
+            "{f}"
+        );
+    }
     // The other subscription's transform and attempt are children of the same publish span.
     let transform = find(&all, trace, "transform shaped").unwrap();
     assert_eq!(transform["parentSpanId"], p_id);

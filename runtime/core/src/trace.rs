@@ -127,21 +127,31 @@ pub fn to_hex(b: &[u8]) -> String {
 }
 
 tokio::task_local! {
-    static ATTEMPT: TraceContext;
+    static ATTEMPT: (TraceContext, Option<String>);
 }
 
-/// Runs `f` (a delivery attempt) with `cx` as the current span: a sink that can carry trace
-/// context ([`current`]) sends it as its hop's parent.
-pub async fn with_attempt<F: std::future::Future>(cx: Option<TraceContext>, f: F) -> F::Output {
+/// Runs `f` (a delivery attempt) with `cx` as the current span and `state` as its vendor
+/// trace state: a sink that can carry trace context ([`current`], [`current_state`]) sends
+/// them as its hop's parent.
+pub async fn with_attempt<F: std::future::Future>(
+    cx: Option<TraceContext>,
+    state: Option<String>,
+    f: F,
+) -> F::Output {
     match cx {
-        Some(cx) => ATTEMPT.scope(cx, f).await,
+        Some(cx) => ATTEMPT.scope((cx, state), f).await,
         None => f.await,
     }
 }
 
 /// The delivery attempt's span, inside [`with_attempt`].
 pub fn current() -> Option<TraceContext> {
-    ATTEMPT.try_with(|c| *c).ok()
+    ATTEMPT.try_with(|c| c.0).ok()
+}
+
+/// The delivery attempt's `tracestate`, inside [`with_attempt`].
+pub fn current_state() -> Option<String> {
+    ATTEMPT.try_with(|c| c.1.clone()).ok().flatten()
 }
 
 #[cfg(test)]
@@ -187,8 +197,12 @@ mod tests {
     async fn the_attempt_context_is_visible_inside_its_scope_only() {
         let cx = TraceContext::root(true);
         assert_eq!(current(), None);
-        let seen = with_attempt(Some(cx), async { current() }).await;
-        assert_eq!(seen, Some(cx));
+        let seen = with_attempt(Some(cx), Some("k=v".into()), async {
+            (current(), current_state())
+        })
+        .await;
+        assert_eq!(seen, (Some(cx), Some("k=v".to_owned())));
         assert_eq!(current(), None);
+        assert_eq!(current_state(), None);
     }
 }

@@ -186,7 +186,11 @@ async fn deliver_one(
         let began = std::time::Instant::now();
         let (parent, cx) = attempt_context(event);
         let started = std::time::SystemTime::now();
-        let result = trace::with_attempt(cx, ctx.sink.deliver(event, spec.timeout.0)).await;
+        let state = match event.extension(trace::TRACESTATE) {
+            Some(ExtValue::String(s)) if cx.is_some() => Some(s.clone()),
+            _ => None,
+        };
+        let result = trace::with_attempt(cx, state, ctx.sink.deliver(event, spec.timeout.0)).await;
         made += 1;
         let retried =
             matches!(&result, Err(e) if e.hint != RetryHint::NotRetryable && made < max_attempts);
@@ -268,26 +272,40 @@ pub(crate) fn step_span(
     started: std::time::SystemTime,
     error: Option<String>,
 ) {
+    subscription_span(ctx.route.name(), event, step, started, error, None);
+}
+
+/// A span of one step of subscription `name` on a traced event (`matched`: a filter's
+/// verdict).
+pub(crate) fn subscription_span(
+    name: &str,
+    event: &Event,
+    step: &str,
+    started: std::time::SystemTime,
+    error: Option<String>,
+    matched: Option<bool>,
+) {
     if !evmesh_telemetry::enabled() {
         return;
     }
-    let Some(parent) = attempt_context(event).0 else {
+    let Some(parent) = attempt_context(event).0.filter(|p| p.sampled) else {
         return;
     };
+    let mut attributes = vec![
+        ("evmesh.subscription", Attr::Str(name.to_owned())),
+        ("cloudevents.event_id", Attr::Str(event.id.clone())),
+    ];
+    if let Some(m) = matched {
+        attributes.push(("evmesh.matched", Attr::Str(m.to_string())));
+    }
     evmesh_telemetry::record(evmesh_telemetry::Span {
         cx: parent.child(),
         parent: Some(parent.span_id),
-        name: format!("{step} {}", ctx.route.name()),
+        name: format!("{step} {name}"),
         kind: evmesh_telemetry::Kind::Internal,
         start: started,
         end: std::time::SystemTime::now(),
-        attributes: vec![
-            (
-                "evmesh.subscription",
-                Attr::Str(ctx.route.name().to_owned()),
-            ),
-            ("cloudevents.event_id", Attr::Str(event.id.clone())),
-        ],
+        attributes,
         error,
     });
 }

@@ -171,9 +171,24 @@ impl TopicFanout {
                 }
             };
             let mut per: HashMap<usize, Vec<StoredEvent>> = HashMap::new();
+            let tracing = evmesh_telemetry::enabled();
             for se in &batch.events {
                 matched.clear();
+                let started = std::time::SystemTime::now();
                 index.matching(&se.event, &mut matched);
+                if tracing {
+                    // The filters' verdict for each subscription, on traced events.
+                    for (i, n) in names.iter().enumerate() {
+                        crate::attempt::subscription_span(
+                            n,
+                            &se.event,
+                            "filter",
+                            started,
+                            None,
+                            Some(matched.contains(&i)),
+                        );
+                    }
+                }
                 for &i in &matched {
                     per.entry(i).or_default().push(se.clone());
                 }

@@ -269,7 +269,22 @@ impl Stream {
                         let matched: Vec<StoredEvent> = batch
                             .events
                             .into_iter()
-                            .filter(|se| !self.filtered || self.ctx.route.matches(&se.event))
+                            .filter(|se| {
+                                if !self.filtered {
+                                    return true;
+                                }
+                                let started = std::time::SystemTime::now();
+                                let m = self.ctx.route.matches(&se.event);
+                                crate::attempt::subscription_span(
+                                    self.ctx.route.name(),
+                                    &se.event,
+                                    "filter",
+                                    started,
+                                    None,
+                                    Some(m),
+                                );
+                                m
+                            })
                             .collect();
                         self.dispatch_all(matched);
                         self.read_pos = batch.next.max(self.read_pos);

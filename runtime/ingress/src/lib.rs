@@ -401,9 +401,19 @@ pub fn trace_from_headers(headers: &http::HeaderMap, events: &mut [Event]) {
     else {
         return;
     };
+    let state = headers
+        .get(evmesh_core::trace::TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.trim().is_empty());
     for e in events {
         if e.extension(TRACEPARENT).is_none() {
             e.set_extension(TRACEPARENT, evmesh_core::ExtValue::String(cx.to_string()));
+            if let Some(s) = state {
+                e.set_extension(
+                    evmesh_core::trace::TRACESTATE,
+                    evmesh_core::ExtValue::String(s.to_owned()),
+                );
+            }
         }
     }
 }
