@@ -182,12 +182,20 @@ async fn without_tracing_a_traceparent_passes_through_and_nothing_is_exported() 
     );
     assert_eq!(publish(&c, &ev, "t", "e2", &[]).await, 202);
     assert!(wait_until(Duration::from_secs(20), || hook.count() == 2).await);
+    // Deliveries run concurrently: find each event by its id.
     let got = hook.events();
+    let by_id = |id: &str| {
+        got.iter()
+            .find(|g| g.header("ce-id").as_deref() == Some(id))
+            .unwrap()
+            .clone()
+    };
+    let (e1, e2) = (by_id("e1"), by_id("e2"));
     // The event's own context is the hop's parent, unchanged; an untraced event gets none.
-    assert_eq!(got[0].header("traceparent").as_deref(), Some(tp));
-    assert_eq!(got[0].header("ce-traceparent").as_deref(), Some(tp));
-    assert_eq!(got[1].header("traceparent"), None);
-    assert_eq!(got[1].header("ce-traceparent"), None);
+    assert_eq!(e1.header("traceparent").as_deref(), Some(tp));
+    assert_eq!(e1.header("ce-traceparent").as_deref(), Some(tp));
+    assert_eq!(e2.header("traceparent"), None);
+    assert_eq!(e2.header("ce-traceparent"), None);
 }
 
 #[test]
