@@ -379,27 +379,31 @@ async fn replay(name: &str, from: &str, no_wait: bool, target: &Target) -> Resul
         println!("{name} replays {topic} from offset {at}");
         return Ok(());
     }
-    watch_pending(&http, &url, &format!("replay {name}"), || {
+    watch_pending(&http, &url, &format!("replay {name}"), 0, || {
         format!("{name} replayed {topic} from offset {at}; it has caught up")
     })
     .await
 }
 
 /// Shows progress from `GET url` (`{"pending": N}`) until nothing is pending.
+/// `at_least`: how many events the operation is known to have started (they may be done
+/// before the first look).
 async fn watch_pending(
     http: &Http,
     url: &str,
     label: &str,
+    at_least: u64,
     done: impl FnOnce() -> String,
 ) -> Result<()> {
     let (_, body) = http.get_ok(url).await?;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let Some(total) = v["pending"].as_u64() else {
+    let Some(pending) = v["pending"].as_u64() else {
         println!("{label}: started (this event store does not report progress)");
         return Ok(());
     };
+    let total = pending.max(at_least);
     let mut bar = Progress::new(label, total);
-    let mut pending = total;
+    let mut pending = pending;
     loop {
         bar.show(total.saturating_sub(pending));
         if pending == 0 {
@@ -505,7 +509,7 @@ async fn redrive(name: &str, no_wait: bool, target: &Target) -> Result<()> {
         return Ok(());
     }
     // Progress: the re-driven events not yet finished, as evmesh counts them.
-    watch_pending(&http, &url, &format!("redrive {name}"), || {
+    watch_pending(&http, &url, &format!("redrive {name}"), total, || {
         format!("re-drove {total} events of {name}'s dead-letter list; every one is finished (delivered, or dead-lettered again: see `evmesh deadletters list {name}`)")
     })
     .await
