@@ -113,26 +113,34 @@ pub(crate) struct Report {
     pub(crate) note: String,
 }
 
+/// The `p` quantile of sorted microseconds, in milliseconds (0 when there are none).
+pub(crate) fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
 impl Report {
-    fn json(&self, bare_rps: Option<f64>) -> serde_json::Value {
+    /// p50, p99 and p999 latency in milliseconds.
+    fn percentiles_ms(&self) -> [f64; 3] {
         let mut l = self.latencies_us.clone();
         l.sort_unstable();
-        let pct = |p: f64| -> f64 {
-            if l.is_empty() {
-                return 0.0;
-            }
-            let i = ((l.len() as f64 - 1.0) * p).round() as usize;
-            f64::from(l[i]) / 1000.0
-        };
+        [0.5, 0.99, 0.999].map(|p| percentile_ms(&l, p))
+    }
+
+    fn json(&self, bare_rps: Option<f64>) -> serde_json::Value {
+        let [p50, p99, p999] = self.percentiles_ms();
         let secs = self.elapsed.as_secs_f64();
         let rps = self.requests as f64 / secs;
         serde_json::json!({
             "scenario": self.name,
             "events_per_s": self.events as f64 / secs,
             "requests_per_s": rps,
-            "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99),
-            "p999_ms": pct(0.999),
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "p999_ms": p999,
             "errors": self.errors,
             "requests_vs_bare": bare_rps.map(|b| rps / b),
             "note": self.note,
@@ -140,24 +148,16 @@ impl Report {
     }
 
     fn print(&self) {
-        let mut l = self.latencies_us.clone();
-        l.sort_unstable();
-        let pct = |p: f64| -> f64 {
-            if l.is_empty() {
-                return 0.0;
-            }
-            let i = ((l.len() as f64 - 1.0) * p).round() as usize;
-            f64::from(l[i]) / 1000.0
-        };
+        let [p50, p99, p999] = self.percentiles_ms();
         let secs = self.elapsed.as_secs_f64();
         println!(
             "{:<16} {:>10.0} events/s {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p999 {:>7.2} ms  errors {}{}",
             self.name,
             self.events as f64 / secs,
             self.requests as f64 / secs,
-            pct(0.50),
-            pct(0.99),
-            pct(0.999),
+            p50,
+            p99,
+            p999,
             self.errors,
             if self.note.is_empty() { String::new() } else { format!("  ({})", self.note) }
         );

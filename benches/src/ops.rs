@@ -3,7 +3,8 @@
 //! tracing cost.
 
 use crate::{
-    binary_request, drive, evmesh, evmesh_exe, spawn, stop_graceful, wait_addr, BenchArgs,
+    binary_request, drive, evmesh, evmesh_exe, percentile_ms, spawn, stop_graceful, wait_addr,
+    BenchArgs,
 };
 use anyhow::Result;
 use bytes::Bytes;
@@ -26,14 +27,6 @@ fn rss_kib(pid: u32) -> Option<u64> {
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn pct(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
 }
 
 /// Start-up to ready, and idle RSS, of `evmesh serve` in a profile (5 runs, fresh data each).
@@ -173,7 +166,11 @@ pub async fn latency_at_rate(args: &BenchArgs, dir: &std::path::Path, rate: u64)
         let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
         l.sort_unstable();
         // The first second warms connections and caches up.
-        let (p50, p99, p999) = (pct(&l, 0.5), pct(&l, 0.99), pct(&l, 0.999));
+        let (p50, p99, p999) = (
+            percentile_ms(&l, 0.5),
+            percentile_ms(&l, 0.99),
+            percentile_ms(&l, 0.999),
+        );
         println!(
             "{name:<16} {rate} events/s for {seconds} s: {} arrived  p50 {p50:.3} ms  p99 {p99:.3} ms  p999 {p999:.3} ms  errors {errors}",
             l.len()
