@@ -441,7 +441,7 @@ impl Housekeeping for EmbeddedLog {
             let mut doomed = Vec::new();
             while log.len() > 1 {
                 let s = &log[0];
-                let next = s.base + s.positions.len() as u64;
+                let next = s.next();
                 let old_enough = match retention {
                     None => true,
                     Some(r) => fs::metadata(&s.path)
@@ -449,7 +449,7 @@ impl Housekeeping for EmbeddedLog {
                         .map(|m| now.duration_since(m).unwrap_or_default() >= r)
                         .unwrap_or(false),
                 };
-                if s.sealed && next <= keep_from && old_enough {
+                if s.sealed() && next <= keep_from && old_enough {
                     doomed.push(log.remove(0).path);
                 } else {
                     break;

@@ -85,23 +85,20 @@ pub(crate) fn recover_topic(
             .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
         let end = sc.valid_end.max(MAGIC.len() as u64);
         quarantined.clear(); // a valid segment after them bounds their offsets already
-        segs.push(SegMeta {
-            base,
-            path,
-            file: Arc::new(file),
-            positions: sc.positions,
-            end,
-            sealed: !last,
-        });
+        let mut seg = SegMeta::new(base, path, Arc::new(file), sc.positions, end);
+        if !last {
+            seg.seal();
+        }
+        segs.push(seg);
     }
     let next = segs
         .last()
-        .map(|s: &SegMeta| s.base + s.positions.len() as u64)
+        .map(SegMeta::next)
         .unwrap_or(0)
         .max(quarantined.iter().copied().max().unwrap_or(0));
     if let Some(last) = segs.last_mut() {
-        if last.base + (last.positions.len() as u64) < next {
-            last.sealed = true; // new appends must start past the quarantined range
+        if last.next() < next {
+            last.seal(); // new appends must start past the quarantined range
         }
     }
     Ok(Topic {
@@ -145,7 +142,7 @@ pub(crate) fn raise_to_cursors(
             Some(t) => {
                 if let Ok(mut log) = t.log.write() {
                     if let Some(last) = log.last_mut() {
-                        last.sealed = true;
+                        last.seal();
                     }
                 }
                 t.end.send_replace(cursor);

@@ -135,59 +135,60 @@ pub fn scan(path: &Path, base: u64) -> io::Result<Scan> {
     })
 }
 
-/// A segment as readers see it.
+/// A byte range of a segment as a reader sees it.
 pub struct Segment {
-    pub base: u64,
     pub path: PathBuf,
     pub file: Arc<File>,
-    /// Start of each record; `end` closes the last one.
-    pub positions: Vec<u32>,
-    pub end: u64,
+    /// Offset of the record that starts at `start`.
+    pub first: u64,
+    /// Byte position of record `first`.
+    pub start: u64,
+    /// Byte position where the records a read wants end (or later: a record boundary).
+    pub stop: u64,
 }
 
 impl Segment {
-    /// Reads records `[from, to)` (offsets) with one pread, checking CRCs.
+    /// Reads records `[from, to)` (offsets, `first <= from`) with one pread, checking CRCs;
+    /// the records from `first` up to `from` are skipped.
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
-        let i = (from - self.base) as usize;
-        let j = (to - self.base) as usize;
-        if i >= j {
+        if from >= to {
             return Ok(Vec::new());
         }
-        let start = u64::from(self.positions[i]);
-        let stop = if j < self.positions.len() {
-            u64::from(self.positions[j])
-        } else {
-            self.end
-        };
-        let mut buf = vec![0u8; (stop - start) as usize];
+        let mut buf = vec![0u8; self.stop.saturating_sub(self.start) as usize];
         self.file
-            .read_exact_at(&mut buf, start)
+            .read_exact_at(&mut buf, self.start)
             .map_err(|e| StoreError::io(format!("reading {}", self.path.display()), e))?;
         let buf = Bytes::from(buf);
-        let mut out = Vec::with_capacity(j - i);
+        let mut out = Vec::with_capacity((to - from) as usize);
         let mut p = 0usize;
-        for k in i..j {
+        let mut offset = self.first;
+        while offset < to {
             let hdr = buf
                 .get(p..p + FRAME)
-                .ok_or_else(|| self.corrupt(k, "short frame"))?;
+                .ok_or_else(|| self.corrupt(offset, p, "short frame"))?;
             let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as usize;
             let crc = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
             let payload = buf.slice(p + FRAME..(p + FRAME + len).min(buf.len()));
-            if payload.len() != len || crc32fast::hash(&payload) != crc {
-                return Err(self.corrupt(k, "CRC mismatch on read"));
+            if payload.len() != len {
+                return Err(self.corrupt(offset, p, "short record"));
             }
-            out.push((self.base + k as u64, payload));
+            if offset >= from {
+                if crc32fast::hash(&payload) != crc {
+                    return Err(self.corrupt(offset, p, "CRC mismatch on read"));
+                }
+                out.push((offset, payload));
+            }
             p += FRAME + len;
+            offset += 1;
         }
         Ok(out)
     }
 
-    fn corrupt(&self, k: usize, why: &str) -> StoreError {
+    fn corrupt(&self, offset: u64, p: usize, why: &str) -> StoreError {
         StoreError::Corrupt(format!(
-            "{} record {} (byte {}): {why}",
+            "{} record {offset} (byte {}): {why}",
             self.path.display(),
-            self.base + k as u64,
-            self.positions.get(k).copied().unwrap_or(0)
+            self.start + p as u64
         ))
     }
 }

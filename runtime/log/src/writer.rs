@@ -31,10 +31,16 @@ pub(crate) enum WriterMsg {
 /// and the topic's next offset.
 type IndexUpdates = Vec<(Arc<Topic>, Vec<(u64, Vec<u32>, u64)>, u64)>;
 
+/// A commit that touched at least this many files is made durable with one `syncfs` of the
+/// data folder's file system instead of an `fdatasync` per file.
+const SYNCFS_FROM: usize = 8;
+
 /// The writer's state for a topic's newest segment.
 struct Active {
     base: u64,
-    file: File,
+    /// Open for reading too: readers of the segment share this descriptor (one per active
+    /// segment, not two; 10,000 topics would otherwise take 20,000).
+    file: Arc<File>,
     /// Bytes in the file plus `buf`.
     size: u64,
     next: u64,
@@ -46,7 +52,7 @@ struct Active {
 #[derive(Default)]
 struct Dirty {
     topics: HashSet<String>,
-    sealed: Vec<File>,
+    sealed: Vec<Arc<File>>,
 }
 
 impl Dirty {
@@ -142,6 +148,22 @@ impl Writer {
     }
 
     fn sync_dirty(&mut self, dirty: &mut Dirty) {
+        if dirty.sealed.len() + dirty.topics.len() >= SYNCFS_FROM {
+            let anchor = dirty
+                .topics
+                .iter()
+                .find_map(|t| self.active.get(t))
+                .map(|a| a.file.clone())
+                .or_else(|| dirty.sealed.first().cloned());
+            if let Some(f) = anchor {
+                dirty.sealed.clear();
+                dirty.topics.clear();
+                if let Err(e) = rustix::fs::syncfs(&*f) {
+                    self.fail(format!("syncfs of the data folder: {e}"));
+                }
+                return;
+            }
+        }
         for f in dirty.sealed.drain(..) {
             if let Err(e) = f.sync_data() {
                 self.fail(format!("fdatasync of a sealed segment: {e}"));
@@ -169,15 +191,22 @@ impl Writer {
             let reuse = {
                 let log = t.log.read().map_err(|_| lock_poisoned())?;
                 log.last()
-                    .filter(|s| !s.sealed)
+                    .filter(|s| !s.sealed())
                     .map(|s| (s.base, s.path.clone(), s.end))
             };
             let a = match reuse {
                 Some((base, path, end)) => {
                     let file = OpenOptions::new()
+                        .read(true)
                         .append(true)
                         .open(&path)
                         .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+                    let file = Arc::new(file);
+                    if let Some(last) = t.log.write().map_err(|_| lock_poisoned())?.last_mut() {
+                        if last.base == base {
+                            last.file = file.clone();
+                        }
+                    }
                     Active {
                         base,
                         file,
@@ -200,6 +229,7 @@ impl Writer {
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(true)
+            .read(true)
             .write(true)
             .open(&path)
             .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
@@ -212,20 +242,18 @@ impl Writer {
                 let _ = d.sync_all();
             }
         }
-        let read = File::open(&path)
-            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        let file = Arc::new(file);
         let mut log = t.log.write().map_err(|_| lock_poisoned())?;
         if let Some(last) = log.last_mut() {
-            last.sealed = true;
+            last.seal();
         }
-        log.push(SegMeta {
+        log.push(SegMeta::new(
             base,
             path,
-            file: Arc::new(read),
-            positions: Vec::new(),
-            end: MAGIC.len() as u64,
-            sealed: false,
-        });
+            file.clone(),
+            Vec::new(),
+            MAGIC.len() as u64,
+        ));
         Ok(Active {
             base,
             file,
@@ -247,7 +275,7 @@ impl Writer {
         let mut index: IndexUpdates = Vec::new();
         let mut results: Vec<Result<AppendAck, StoreError>> = Vec::with_capacity(batch.len());
         let mut touched: Vec<String> = Vec::new();
-        let mut sealed: Vec<File> = Vec::new();
+        let mut sealed: Vec<Arc<File>> = Vec::new();
         for req in &batch {
             let r = self.stage(req, &mut index, &mut sealed);
             if r.is_ok() && !touched.contains(&req.topic.name) {
@@ -261,7 +289,7 @@ impl Writer {
             .find_map(|r| r.as_ref().err().map(ToString::to_string));
         for name in touched.iter().filter(|_| failure.is_none()) {
             if let Some(a) = self.active.get_mut(name) {
-                if let Err(e) = a.file.write_all(&a.buf) {
+                if let Err(e) = (&*a.file).write_all(&a.buf) {
                     failure = Some(format!("appending to topic {name}: {e}"));
                     break;
                 }
@@ -269,15 +297,28 @@ impl Writer {
             }
         }
         if failure.is_none() && self.opts.fsync == FsyncPolicy::Always {
-            for f in &sealed {
-                if let Err(e) = f.sync_data() {
-                    failure = Some(format!("fdatasync of a sealed segment: {e}"));
+            let anchor = touched
+                .first()
+                .and_then(|n| self.active.get(n))
+                .map(|a| a.file.clone())
+                .or_else(|| sealed.first().cloned());
+            if let (true, Some(f)) = (sealed.len() + touched.len() >= SYNCFS_FROM, anchor) {
+                // Many files: one flush of the file system is one journal commit, where an
+                // fdatasync per file is one each (100 topics in a commit: 100 commits).
+                if let Err(e) = rustix::fs::syncfs(&*f) {
+                    failure = Some(format!("syncfs of the data folder: {e}"));
                 }
-            }
-            for name in &touched {
-                if let Some(a) = self.active.get(name) {
-                    if let Err(e) = a.file.sync_data() {
-                        failure = Some(format!("fdatasync of topic {name}: {e}"));
+            } else {
+                for f in &sealed {
+                    if let Err(e) = f.sync_data() {
+                        failure = Some(format!("fdatasync of a sealed segment: {e}"));
+                    }
+                }
+                for name in &touched {
+                    if let Some(a) = self.active.get(name) {
+                        if let Err(e) = a.file.sync_data() {
+                            failure = Some(format!("fdatasync of topic {name}: {e}"));
+                        }
                     }
                 }
             }
@@ -297,7 +338,7 @@ impl Writer {
             if let Ok(mut log) = topic.log.write() {
                 for (base, positions, end) in updates {
                     if let Some(s) = log.iter_mut().rev().find(|s| s.base == base) {
-                        s.positions.extend_from_slice(&positions);
+                        s.extend(&positions);
                         s.end = end;
                     }
                 }
@@ -314,7 +355,7 @@ impl Writer {
         &mut self,
         req: &AppendReq,
         index: &mut IndexUpdates,
-        sealed: &mut Vec<File>,
+        sealed: &mut Vec<Arc<File>>,
     ) -> Result<AppendAck, StoreError> {
         let seg_limit = self.opts.segment_bytes;
         let t = req.topic.clone();
@@ -338,7 +379,7 @@ impl Writer {
             if j == i {
                 // Seal the full segment: write what is staged, then start the next one.
                 let next = a.next;
-                a.file
+                (&*a.file)
                     .write_all(&a.buf)
                     .map_err(|e| StoreError::io(format!("appending to topic {}", t.name), e))?;
                 a.buf.clear();
