@@ -15,7 +15,7 @@ use evmesh_store::{LocalTopic, StoredEvent};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 /// Events for one subscription, and where the batch they came from ends.
@@ -30,6 +30,30 @@ struct Member {
     in_sync: Arc<AtomicBool>,
     /// The index generation that first included this member.
     gen: u64,
+    /// Where the last batch sent to it ended, and when it was sent.
+    sent: u64,
+    sent_at: Instant,
+}
+
+impl Member {
+    /// Sends a batch; false if the member's channel is full (it then reads for itself).
+    fn send(&mut self, events: Vec<StoredEvent>, next: u64, now: Instant) -> bool {
+        let ok = self.tx.try_send(Batch { events, next }).is_ok();
+        if ok {
+            self.sent = next;
+            self.sent_at = now;
+        }
+        ok
+    }
+
+    /// A batch with no events for this member only moves its cursor: it is sent when the
+    /// cursor is `PROGRESS_EVERY` offsets or `PROGRESS_AFTER` behind (or the reader idles),
+    /// not on every read, so 1,000 subscriptions of which one matches do not wake 1,000 tasks
+    /// per event.
+    fn progress_due(&self, next: u64, now: Instant) -> bool {
+        next >= self.sent.saturating_add(PROGRESS_EVERY)
+            || now.saturating_duration_since(self.sent_at) >= PROGRESS_AFTER
+    }
 }
 
 struct State {
@@ -77,8 +101,10 @@ impl Drop for Membership {
 }
 
 /// Batches queued per subscription before it is dropped to catch-up mode.
-const CHANNEL: usize = 64;
+const CHANNEL: usize = 16;
 const READ_BATCH: usize = 512;
+const PROGRESS_EVERY: u64 = 4096;
+const PROGRESS_AFTER: Duration = Duration::from_millis(100);
 
 impl TopicFanout {
     fn rebuild(st: &mut State) {
@@ -98,6 +124,7 @@ impl TopicFanout {
         let in_sync = Arc::new(AtomicBool::new(false));
         if let Ok(mut st) = self.state.lock() {
             let gen = st.gen + 1;
+            let sent = st.pos;
             st.members.insert(
                 name.to_owned(),
                 Member {
@@ -105,6 +132,8 @@ impl TopicFanout {
                     tx,
                     in_sync: in_sync.clone(),
                     gen,
+                    sent,
+                    sent_at: Instant::now(),
                 },
             );
             Self::rebuild(&mut st);
@@ -146,6 +175,19 @@ impl TopicFanout {
                 {
                     // Nobody to read for: members catch up on their own.
                     st.pos = end;
+                }
+                if st.pos >= end {
+                    // Idle: members still owed the progress of batches without their events
+                    // get it now.
+                    let (pos, now) = (st.pos, Instant::now());
+                    for m in st.members.values_mut() {
+                        if m.in_sync.load(Ordering::SeqCst)
+                            && m.sent < pos
+                            && !m.send(Vec::new(), pos, now)
+                        {
+                            m.in_sync.store(false, Ordering::SeqCst);
+                        }
+                    }
                 }
                 (st.pos < end).then(|| (st.pos, st.index.clone(), st.names.clone(), st.gen))
             };
@@ -205,7 +247,8 @@ impl TopicFanout {
                     by_name.insert(n.as_str(), evs);
                 }
             }
-            for (name, m) in st.members.iter() {
+            let now = Instant::now();
+            for (name, m) in st.members.iter_mut() {
                 if !m.in_sync.load(Ordering::SeqCst) {
                     continue;
                 }
@@ -214,13 +257,10 @@ impl TopicFanout {
                     continue;
                 }
                 let events = by_name.remove(name.as_str()).unwrap_or_default();
-                if m.tx
-                    .try_send(Batch {
-                        events,
-                        next: batch.next,
-                    })
-                    .is_err()
-                {
+                if events.is_empty() && !m.progress_due(batch.next, now) {
+                    continue;
+                }
+                if !m.send(events, batch.next, now) {
                     m.in_sync.store(false, Ordering::SeqCst);
                     tracing::debug!(subscription = %name, offset = pos, "fell behind the shared reader; catching up on its own");
                 }

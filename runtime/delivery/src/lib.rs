@@ -13,6 +13,7 @@ mod attempt;
 mod backoff;
 pub mod deadletter;
 mod fanout;
+mod saver;
 mod stream;
 
 use evmesh_core::component::{ComponentSpec, SinkContext};

@@ -49,6 +49,8 @@ pub(crate) struct Stream {
     done_rx: mpsc::UnboundedReceiver<(u64, AckStatus)>,
     board: CursorBoard,
     saved: Option<CursorState>,
+    /// A save handed to the cursor saver and not finished yet (at most one a stream).
+    saving: Option<Arc<crate::saver::Pending>>,
     drain_timeout: Duration,
     /// The shared topic reader (the main topic's stream only).
     pub(crate) membership: Option<fanout::Membership>,
@@ -107,6 +109,7 @@ impl Stream {
             done_rx,
             board,
             saved: Some(state),
+            saving: None,
             drain_timeout,
             membership: None,
         })
@@ -128,7 +131,8 @@ impl Stream {
             && self.pending.len() < self.max_in_flight() * 16
     }
 
-    fn persist(&mut self) {
+    /// The cursor as it stands now, and the lag gauges set from it.
+    fn cursor_now(&mut self) -> CursorState {
         let committed = self.committed();
         let lag = match self.log.progress() {
             Progress::Cursor => self.log.watch_end().borrow().saturating_sub(committed),
@@ -146,23 +150,66 @@ impl Stream {
             .lock()
             .map(|a| a.range(committed..).map(|(k, v)| (*k, *v)).collect())
             .unwrap_or_default();
-        let state = CursorState {
+        CursorState {
             committed,
             attempts,
-        };
+        }
+    }
+
+    /// A cursor saved (durably): the board that garbage collection reads learns it.
+    fn saved(&mut self, state: CursorState) {
+        if let Ok(mut b) = self.board.lock() {
+            b.insert(
+                (self.ctx.route.name().to_owned(), self.topic.clone()),
+                state.committed,
+            );
+        }
+        self.saved = Some(state);
+    }
+
+    /// The periodic save: handed to the cursor saver's thread (an fsync per save must not
+    /// stop the async workers: 1,000 subscriptions would otherwise hold them in fsyncs), at
+    /// most one in flight a stream; a change made meanwhile is saved on a later tick.
+    fn persist(&mut self) {
+        if let Some(p) = &self.saving {
+            match p.result() {
+                None => {
+                    self.cursor_now(); // the gauges still move
+                    return;
+                }
+                Some(Ok(state)) => {
+                    self.saving = None;
+                    self.saved(state);
+                }
+                Some(Err(e)) => {
+                    self.saving = None;
+                    tracing::error!(subscription = %self.ctx.route.name(), error = %e, "could not persist the cursor");
+                }
+            }
+        }
+        let state = self.cursor_now();
         if self.saved.as_ref() == Some(&state) {
             return;
         }
-        let name = self.ctx.route.name().to_owned();
-        match self.log.save_cursor(&state) {
-            Ok(()) => {
-                if let Ok(mut b) = self.board.lock() {
-                    b.insert((name, self.topic.clone()), committed);
-                }
-                self.saved = Some(state);
+        self.saving = Some(crate::saver::submit(self.log.clone(), state));
+    }
+
+    /// The last save, at shutdown: waits for a save in flight (so it cannot land after this
+    /// one), then saves on this thread.
+    fn persist_final(&mut self) {
+        if let Some(p) = self.saving.take() {
+            if let Some(Ok(state)) = p.wait(Duration::from_secs(10)) {
+                self.saved(state);
             }
+        }
+        let state = self.cursor_now();
+        if self.saved.as_ref() == Some(&state) {
+            return;
+        }
+        match self.log.save_cursor(&state) {
+            Ok(()) => self.saved(state),
             Err(e) => {
-                tracing::error!(subscription = %name, error = %e, "could not persist the cursor")
+                tracing::error!(subscription = %self.ctx.route.name(), error = %e, "could not persist the cursor")
             }
         }
     }
@@ -314,7 +361,7 @@ impl Stream {
                 _ => break,
             }
         }
-        self.persist();
+        self.persist_final();
         self.gauges.forget();
     }
 
