@@ -14,6 +14,7 @@
 
 mod ops;
 mod rocketmq;
+mod scale;
 mod tcp;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -55,8 +56,11 @@ pub struct BenchArgs {
     /// kafka-sink, kafka-store-ingest, kafka-store-e2e (these three need --kafka),
     /// rocketmq-sink, rocketmq-store-ingest, rocketmq-store-e2e (these three need --rocketmq),
     /// sidecar-footprint, standalone-footprint (start-up to ready, idle RSS), latency-1k
-    /// (publish → local webhook at 1,000 events/s next to a direct POST), tracing-cost,
-    /// metrics-ops.
+    /// (publish → local webhook at 1,000 events/s next to a direct POST; also latency-5k, …),
+    /// tracing-cost, metrics-ops; bare-relay (a store-less hyper relay to the same webhook, the
+    /// ceiling for e2e); how cost grows: scale-subs (1-1,000 subscriptions on a topic, all or 1%
+    /// matching), scale-topics (1-10,000 topics), scale-payload (256 B-1 MiB), backlog
+    /// (`--backlog` events behind a paused subscription: RSS, then catch-up for --seconds).
     #[arg(long, default_value = "bare,binary-always,binary-interval,batch,e2e")]
     scenarios: String,
     /// A WASM filter component for the `e2e-filter-wasm` scenario (e.g. the example
@@ -71,6 +75,9 @@ pub struct BenchArgs {
     /// `scripts/rocketmq-broker.sh start`: 127.0.0.1:9876).
     #[arg(long)]
     rocketmq: Option<String>,
+    /// Events behind the paused subscription in the `backlog` scenario.
+    #[arg(long, default_value_t = 10_000_000)]
+    backlog: u64,
     /// Also write every figure to this file as JSON (one object a scenario, with the ratio to
     /// bare hyper in the same run), so runs can be compared.
     #[arg(long)]
@@ -79,6 +86,10 @@ pub struct BenchArgs {
     /// it this way).
     #[arg(long)]
     bare_server: bool,
+    /// Run only the bare relay (a hyper server that POSTs each request to this address with a
+    /// pooled hyper client, then answers 202): the ceiling of any store-less relay here.
+    #[arg(long)]
+    bare_relay: Option<SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -169,6 +180,10 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
         bare_server().await?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
+    if let Some(target) = args.bare_relay {
+        bare_relay(target).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let dir = std::env::temp_dir().join(format!("evmesh-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     println!(
@@ -238,6 +253,7 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 r
             }
             "e2e" => e2e(&dir, &args, payload.clone(), false, "", "e2e").await?,
+            "bare-relay" => e2e_with(&dir, &args, payload.clone(), false, "", scenario, "").await?,
             "e2e-batch" => e2e(&dir, &args, payload.clone(), true, "", "e2e-batch").await?,
             "e2e-filter-none" => e2e(&dir, &args, payload.clone(), true, "", scenario).await?,
             "e2e-filter-builtin" => {
@@ -318,8 +334,15 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 ops::footprint(&args, &dir, scenario == "sidecar-footprint").await?;
                 continue;
             }
-            "latency-1k" => {
-                ops::latency_at_rate(&args, &dir, 1000).await?;
+            s if s.starts_with("latency-") => {
+                // latency-1k, latency-5k, latency-500: events per second.
+                let rate = s.trim_start_matches("latency-");
+                let rate: u64 = match rate.strip_suffix('k') {
+                    Some(k) => k.parse::<u64>().map(|k| k * 1000),
+                    None => rate.parse(),
+                }
+                .with_context(|| format!("scenario {s}: a rate like latency-1k"))?;
+                ops::latency_at_rate(&args, &dir, rate).await?;
                 continue;
             }
             "tracing-cost" => {
@@ -328,6 +351,22 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
             }
             "metrics-ops" => {
                 ops::metrics_ops()?;
+                continue;
+            }
+            "scale-subs" => {
+                figures.extend(scale::subscriptions(&args, &dir).await?);
+                continue;
+            }
+            "scale-topics" => {
+                figures.extend(scale::topics(&args, &dir).await?);
+                continue;
+            }
+            "scale-payload" => {
+                figures.extend(scale::payloads(&args, &dir).await?);
+                continue;
+            }
+            "backlog" => {
+                figures.extend(scale::backlog(&args, &dir, args.backlog).await?);
                 continue;
             }
             other => bail!("unknown scenario {other:?}"),
@@ -737,7 +776,13 @@ pub(crate) async fn e2e_with(
     let cfg = format!(
         "{store}subscriptions:\n  - name: bench\n    topic: bench\n    maxInFlight: 512\n{filters}    sink: {{ type: webhook, url: \"http://{hook}/hook\" }}\n"
     );
-    let (mut child, addr) = evmesh(args, dir, name, &[], &cfg)?;
+    let (mut child, addr) = if name == "bare-relay" {
+        let mut child = spawn(&self_exe()?, &["--bare-relay", &hook.to_string()], &[])?;
+        let addr = wait_addr(&mut child, "bare server listening on ", None)?;
+        (child, addr)
+    } else {
+        evmesh(args, dir, name, &[], &cfg)?
+    };
     let start = Instant::now();
     let mut ingest = if batched {
         let n = args.batch;
@@ -768,10 +813,12 @@ pub(crate) async fn e2e_with(
             batch: args.batch,
             scenarios: String::new(),
             bare_server: false,
+            bare_relay: None,
             json: None,
             plugin: None,
             kafka: None,
             rocketmq: None,
+            backlog: 0,
         };
         drive(name, addr, &few, req, n as u64).await
     } else {
@@ -830,6 +877,64 @@ async fn bare_server() -> Result<()> {
                 let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")));
                 *resp.status_mut() = http::StatusCode::ACCEPTED;
                 Ok::<_, std::convert::Infallible>(resp)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+/// A store-less relay: each request is POSTed to `target` (pooled keep-alive connections) and
+/// answered 202 once the target answered. What e2e would cost with no log, no routing and no
+/// CloudEvents parsing.
+async fn bare_relay(target: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    eprintln!("bare server listening on {}", listener.local_addr()?);
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(1024)
+            .build_http();
+    loop {
+        let (s, _) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let client = client.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let mut out = http::Request::post(format!("http://{target}/hook"));
+                    for (k, v) in &parts.headers {
+                        if k.as_str().starts_with("ce-") || k == http::header::CONTENT_TYPE {
+                            out = out.header(k, v);
+                        }
+                    }
+                    let status = match out.body(Full::new(body)) {
+                        Ok(r) => match client.request(r).await {
+                            Ok(resp) => {
+                                let ok = resp.status().is_success();
+                                let _ = resp.into_body().collect().await;
+                                if ok {
+                                    202
+                                } else {
+                                    502
+                                }
+                            }
+                            Err(_) => 502,
+                        },
+                        Err(_) => 500,
+                    };
+                    let mut resp = http::Response::new(Full::new(Bytes::new()));
+                    *resp.status_mut() =
+                        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(s), svc)
