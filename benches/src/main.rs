@@ -50,8 +50,8 @@ pub struct BenchArgs {
     /// Events per request in the batched scenario.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, batch, e2e,
-    /// e2e-batch, e2e-filter-none/builtin/wasm, tcp-publish-1, tcp-publish-64 (SDK
+    /// Scenarios to run (comma-separated): bare, binary-always, binary-interval, binary-never,
+    /// batch, e2e, e2e-batch, e2e-filter-none/builtin/wasm, tcp-publish-1, tcp-publish-64 (SDK
     /// publishers over the EventMesh TCP protocol), tcp-push-1, tcp-push-8 (SDK subscribers),
     /// kafka-sink, kafka-store-ingest, kafka-store-e2e (these three need --kafka),
     /// rocketmq-sink, rocketmq-store-ingest, rocketmq-store-e2e (these three need --rocketmq),
@@ -216,7 +216,7 @@ async fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
                 bare_rps = Some(r.requests as f64 / r.elapsed.as_secs_f64());
                 r
             }
-            "binary-always" | "binary-interval" => {
+            "binary-always" | "binary-interval" | "binary-never" => {
                 let policy = scenario.trim_start_matches("binary-");
                 let (mut child, addr) = evmesh(
                     &args,
