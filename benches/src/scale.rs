@@ -350,6 +350,53 @@ impl Sampler {
     }
 }
 
+/// What one row publishes: `count` requests from `make` over `connections` connections,
+/// stopping early at `limit`.
+struct Load {
+    connections: usize,
+    count: u64,
+    limit: Duration,
+    make: Arc<dyn Fn(u64) -> Request + Send + Sync>,
+}
+
+/// One row: a server started with `cfg`, the load, then a wait for `expected(published)`
+/// deliveries at `hook`; the server's peak RSS and descriptors while it ran, and its
+/// descriptors when it was ready (returned beside the row). The data folder is removed after.
+async fn measure(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    label: &str,
+    cfg: &str,
+    hook: &Receiver,
+    load: Load,
+    expected: impl Fn(u64) -> u64,
+) -> Result<(Row, usize)> {
+    let (mut child, addr, _) = server(args, dir, label, cfg, &[])?;
+    let idle_fds = fds(child.id());
+    let sampler = Sampler::start(child.id());
+    let start = Instant::now();
+    let (ok, errors, took) =
+        publish(addr, load.connections, load.count, load.limit, load.make).await;
+    let expected = expected(ok);
+    let last = hook.wait_for(expected, Duration::from_secs(180)).await;
+    let (rss, peak_fds) = sampler.stop();
+    stop_graceful(&mut child);
+    let _ = std::fs::remove_dir_all(dir.join(label));
+    let row = Row {
+        label: label.to_owned(),
+        published: ok,
+        publish_secs: took.as_secs_f64(),
+        deliveries: hook.count(),
+        expected,
+        deliver_secs: last.duration_since(start).as_secs_f64(),
+        latencies: hook.latencies(),
+        rss_mib: rss,
+        fds: peak_fds,
+        errors,
+    };
+    Ok((row, idle_fds))
+}
+
 /// 1, 10, 100 and 1,000 webhook subscriptions on one topic: every subscription matching every
 /// event, and each event matching 1% of them (an `exact` filter on a `shard` extension with 100
 /// values).
@@ -393,8 +440,6 @@ pub async fn subscriptions(
             };
             let expected: u64 = (0..events).map(|e| matches(e % 100)).sum();
             let label = format!("subs-{n}-{}", if one_percent { "1pct" } else { "all" });
-            let (mut child, addr, _) = server(args, dir, &label, &cfg, &[])?;
-            let sampler = Sampler::start(child.id());
             let p = payload.clone();
             let make: Arc<dyn Fn(u64) -> Request + Send + Sync> = Arc::new(move |e| {
                 binary(
@@ -404,27 +449,15 @@ pub async fn subscriptions(
                     Some(("ce-shard", (e % 100).to_string())),
                 )
             });
-            let start = Instant::now();
-            let (ok, errors, took) =
-                publish(addr, 64, events, Duration::from_secs(120), make).await;
-            let last = hook.wait_for(expected, Duration::from_secs(180)).await;
-            let (rss, fds) = sampler.stop();
-            stop_graceful(&mut child);
-            let row = Row {
-                label,
-                published: ok,
-                publish_secs: took.as_secs_f64(),
-                deliveries: hook.count(),
-                expected,
-                deliver_secs: last.duration_since(start).as_secs_f64(),
-                latencies: hook.latencies(),
-                rss_mib: rss,
-                fds,
-                errors,
+            let load = Load {
+                connections: 64,
+                count: events,
+                limit: Duration::from_secs(120),
+                make,
             };
+            let (row, _) = measure(args, dir, &label, &cfg, &hook, load, |_| expected).await?;
             row.print();
             out.push(row.json());
-            let _ = std::fs::remove_dir_all(dir.join(&row.label));
         }
     }
     Ok(out)
@@ -446,39 +479,19 @@ pub async fn topics(args: &BenchArgs, dir: &std::path::Path) -> Result<Vec<serde
             ));
         }
         let label = format!("topics-{n}");
-        let (mut child, addr, _) = server(args, dir, &label, &cfg, &[])?;
-        let idle_fds = fds(child.id());
-        let sampler = Sampler::start(child.id());
         let p = payload.clone();
         let make: Arc<dyn Fn(u64) -> Request + Send + Sync> =
             Arc::new(move |e| binary(format!("/topics/t{}", e % n), e, &p, None));
-        let start = Instant::now();
-        let (ok, errors, took) = publish(
-            addr,
-            args.connections,
-            u64::MAX,
-            Duration::from_secs(args.seconds),
+        let load = Load {
+            connections: args.connections,
+            count: u64::MAX,
+            limit: Duration::from_secs(args.seconds),
             make,
-        )
-        .await;
-        let last = hook.wait_for(ok, Duration::from_secs(180)).await;
-        let (rss, peak_fds) = sampler.stop();
-        stop_graceful(&mut child);
-        let row = Row {
-            label: format!("{label} (idle fds {idle_fds})"),
-            published: ok,
-            publish_secs: took.as_secs_f64(),
-            deliveries: hook.count(),
-            expected: ok,
-            deliver_secs: last.duration_since(start).as_secs_f64(),
-            latencies: hook.latencies(),
-            rss_mib: rss,
-            fds: peak_fds,
-            errors,
         };
+        let (mut row, idle_fds) = measure(args, dir, &label, &cfg, &hook, load, |ok| ok).await?;
+        row.label = format!("{label} (idle fds {idle_fds})");
         row.print();
         out.push(row.json());
-        let _ = std::fs::remove_dir_all(dir.join(&label));
     }
     Ok(out)
 }
@@ -494,8 +507,6 @@ pub async fn payloads(args: &BenchArgs, dir: &std::path::Path) -> Result<Vec<ser
             hook.addr
         );
         let label = format!("payload-{size}");
-        let (mut child, addr, _) = server(args, dir, &label, &cfg, &[])?;
-        let sampler = Sampler::start(child.id());
         let payload = Bytes::from(vec![b'x'; size]);
         let make: Arc<dyn Fn(u64) -> Request + Send + Sync> =
             Arc::new(move |e| binary("/topics/bench".into(), e, &payload, None));
@@ -504,40 +515,22 @@ pub async fn payloads(args: &BenchArgs, dir: &std::path::Path) -> Result<Vec<ser
             s if s <= 64 * 1024 => 64,
             _ => 8,
         };
-        // At most 2 GiB of payload a row.
-        let events = ((2u64 << 30) / size as u64).min(100_000);
-        let start = Instant::now();
-        let (ok, errors, took) = publish(
-            addr,
+        let load = Load {
             connections,
-            events,
-            Duration::from_secs(args.seconds),
+            // At most 2 GiB of payload a row.
+            count: ((2u64 << 30) / size as u64).min(100_000),
+            limit: Duration::from_secs(args.seconds),
             make,
-        )
-        .await;
-        let last = hook.wait_for(ok, Duration::from_secs(180)).await;
-        let (rss, fds) = sampler.stop();
-        stop_graceful(&mut child);
-        let row = Row {
-            label: format!("{label} ({connections} conns)"),
-            published: ok,
-            publish_secs: took.as_secs_f64(),
-            deliveries: hook.count(),
-            expected: ok,
-            deliver_secs: last.duration_since(start).as_secs_f64(),
-            latencies: hook.latencies(),
-            rss_mib: rss,
-            fds,
-            errors,
         };
+        let (mut row, _) = measure(args, dir, &label, &cfg, &hook, load, |ok| ok).await?;
+        row.label = format!("{label} ({connections} conns)");
         row.print();
         println!(
             "{:<28} publish {:.1} MiB/s",
             "",
-            ok as f64 * size as f64 / took.as_secs_f64().max(1e-9) / (1024.0 * 1024.0)
+            row.published as f64 * size as f64 / row.publish_secs.max(1e-9) / (1024.0 * 1024.0)
         );
         out.push(row.json());
-        let _ = std::fs::remove_dir_all(dir.join(&label));
     }
     Ok(out)
 }
