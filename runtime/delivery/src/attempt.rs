@@ -6,7 +6,7 @@ use evmesh_core::ack::AckStatus;
 use evmesh_core::sink::{RetryHint, SinkError};
 use evmesh_core::trace::{self, TraceContext};
 use evmesh_core::{Event, ExtValue};
-use evmesh_router::Prepared;
+use evmesh_router::{Prepared, StepRun};
 use evmesh_telemetry::Attr;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -36,15 +36,14 @@ pub(crate) async fn deliver(
             return deliver_one(ctx, offset, &event, attempts).await
         }
         None => {
-            let started = std::time::SystemTime::now();
-            let routed = ctx.route.transform_routed((*event).clone());
-            step_span(
-                ctx,
-                &event,
-                "transform",
-                started,
-                routed.as_ref().err().map(ToString::to_string),
-            );
+            let routed = if traced(&event) {
+                let name = ctx.route.name();
+                let mut trace = |run| step_run_span(name, &event, run);
+                ctx.route
+                    .transform_traced((*event).clone(), Some(&mut trace))
+            } else {
+                ctx.route.transform_routed((*event).clone())
+            };
             match routed {
                 Ok(o) => o,
                 Err(e) => {
@@ -263,50 +262,46 @@ async fn deliver_one(
     }
 }
 
-/// Records a span for one step of a subscription (`transform`, `plugins`) on a traced event:
-/// a child of the event's context, from `started` until now.
-pub(crate) fn step_span(
-    ctx: &Ctx,
-    event: &Event,
-    step: &str,
-    started: std::time::SystemTime,
-    error: Option<String>,
-) {
-    subscription_span(ctx.route.name(), event, step, started, error, None);
+/// The event's sampled trace context, when tracing is on: its filters, transforms and
+/// attempts get spans.
+fn sampled_parent(event: &Event) -> Option<TraceContext> {
+    if !evmesh_telemetry::enabled() {
+        return None;
+    }
+    attempt_context(event).0.filter(|p| p.sampled)
 }
 
-/// A span of one step of subscription `name` on a traced event (`matched`: a filter's
-/// verdict).
-pub(crate) fn subscription_span(
-    name: &str,
-    event: &Event,
-    step: &str,
-    started: std::time::SystemTime,
-    error: Option<String>,
-    matched: Option<bool>,
-) {
-    if !evmesh_telemetry::enabled() {
-        return;
-    }
-    let Some(parent) = attempt_context(event).0.filter(|p| p.sampled) else {
+/// Whether the event's steps get spans (tracing on, its context sampled).
+pub(crate) fn traced(event: &Event) -> bool {
+    sampled_parent(event).is_some()
+}
+
+/// Records the span of one filter or transform of subscription `name` that ran on a traced
+/// event (`filter <name>`, `transform <name>`): a child of the event's context.
+pub(crate) fn step_run_span(name: &str, event: &Event, run: StepRun) {
+    let Some(parent) = sampled_parent(event) else {
         return;
     };
     let mut attributes = vec![
         ("evmesh.subscription", Attr::Str(name.to_owned())),
+        ("evmesh.step", Attr::Str(run.path)),
         ("cloudevents.event_id", Attr::Str(event.id.clone())),
     ];
-    if let Some(m) = matched {
+    if let Some(p) = run.plugin {
+        attributes.push(("evmesh.plugin", Attr::Str(p)));
+    }
+    if let Some(m) = run.matched {
         attributes.push(("evmesh.matched", Attr::Str(m.to_string())));
     }
     evmesh_telemetry::record(evmesh_telemetry::Span {
         cx: parent.child(),
         parent: Some(parent.span_id),
-        name: format!("{step} {name}"),
+        name: format!("{} {name}", run.kind),
         kind: evmesh_telemetry::Kind::Internal,
-        start: started,
-        end: std::time::SystemTime::now(),
+        start: run.started,
+        end: run.ended,
         attributes,
-        error,
+        error: run.error,
     });
 }
 

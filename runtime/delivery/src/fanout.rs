@@ -216,19 +216,13 @@ impl TopicFanout {
             let tracing = evmesh_telemetry::enabled();
             for se in &batch.events {
                 matched.clear();
-                let started = std::time::SystemTime::now();
                 index.matching(&se.event, &mut matched);
-                if tracing {
-                    // The filters' verdict for each subscription, on traced events.
-                    for (i, n) in names.iter().enumerate() {
-                        crate::attempt::subscription_span(
-                            n,
-                            &se.event,
-                            "filter",
-                            started,
-                            None,
-                            Some(matched.contains(&i)),
-                        );
+                if tracing && crate::attempt::traced(&se.event) {
+                    // Each subscription's filters, one span each, on traced events.
+                    for route in index.routes() {
+                        let mut trace =
+                            |run| crate::attempt::step_run_span(route.name(), &se.event, run);
+                        route.trace_filters(&se.event, &mut trace);
                     }
                 }
                 for &i in &matched {

@@ -320,17 +320,14 @@ impl Stream {
                                 if !self.filtered {
                                     return true;
                                 }
-                                let started = std::time::SystemTime::now();
-                                let m = self.ctx.route.matches(&se.event);
-                                crate::attempt::subscription_span(
-                                    self.ctx.route.name(),
-                                    &se.event,
-                                    "filter",
-                                    started,
-                                    None,
-                                    Some(m),
-                                );
-                                m
+                                let route = &self.ctx.route;
+                                if crate::attempt::traced(&se.event) {
+                                    let mut trace = |run| {
+                                        crate::attempt::step_run_span(route.name(), &se.event, run)
+                                    };
+                                    route.trace_filters(&se.event, &mut trace);
+                                }
+                                route.matches(&se.event)
                             })
                             .collect();
                         self.dispatch_all(matched);
@@ -392,18 +389,19 @@ impl Stream {
             }
         } else {
             let route = self.ctx.route.clone();
-            let started = std::time::SystemTime::now();
             let prepared = tokio::task::block_in_place(|| {
                 let refs: Vec<&Event> = events.iter().map(|se| &*se.event).collect();
-                route.prepare_batch(&refs)
-            });
-            for (se, prep) in events.iter().zip(&prepared) {
-                let failed = match prep {
-                    Prepared::Failed(m) => Some(m.clone()),
-                    _ => None,
+                if !refs.iter().any(|e| crate::attempt::traced(e)) {
+                    return route.prepare_batch(&refs);
+                }
+                // Each plugin filter and transform that ran on a traced event: a span.
+                let mut trace = |i: usize, run| {
+                    if let Some(e) = refs.get(i) {
+                        crate::attempt::step_run_span(route.name(), e, run);
+                    }
                 };
-                crate::attempt::step_span(&self.ctx, &se.event, "plugins", started, failed);
-            }
+                route.prepare_batch_traced(&refs, Some(&mut trace))
+            });
             for (se, prep) in events.into_iter().zip(prepared) {
                 if !matches!(prep, Prepared::Skip) {
                     self.dispatch_matched(Job {

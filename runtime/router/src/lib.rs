@@ -14,6 +14,7 @@ use evmesh_filter_attributes::AttrFilter;
 use evmesh_filter_cesql::Cesql;
 use evmesh_filter_pattern::PatternFilter;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -193,6 +194,49 @@ pub enum Prepared {
     Failed(String),
 }
 
+/// One filter or transform of a subscription that ran on an event: what a traced event's span
+/// records. Plugins run a batch at a time; each event of the batch gets the batch's times.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    /// `filter` or `transform`.
+    pub kind: &'static str,
+    /// Where the step is in the subscription: `filters[1]`, `transforms[0]`.
+    pub path: String,
+    /// The plugin, for a WASM step.
+    pub plugin: Option<String>,
+    pub started: SystemTime,
+    pub ended: SystemTime,
+    /// A filter's verdict.
+    pub matched: Option<bool>,
+    pub error: Option<String>,
+}
+
+impl StepRun {
+    fn filter(path: String, started: SystemTime, matched: bool) -> StepRun {
+        StepRun {
+            kind: "filter",
+            path,
+            plugin: None,
+            started,
+            ended: SystemTime::now(),
+            matched: Some(matched),
+            error: None,
+        }
+    }
+
+    fn transform(i: usize, started: SystemTime, error: Option<String>) -> StepRun {
+        StepRun {
+            kind: "transform",
+            path: format!("transforms[{i}]"),
+            plugin: None,
+            started,
+            ended: SystemTime::now(),
+            matched: None,
+            error,
+        }
+    }
+}
+
 /// A subscription ready to run.
 pub struct Route {
     pub config: SubscriptionConfig,
@@ -203,6 +247,11 @@ pub struct Route {
     pub plugin_filters: Vec<Arc<dyn BatchFilter>>,
     pub steps: Vec<Step>,
     pub delivery: DeliverySpec,
+    /// The pure filters one by one (`filter` is their conjunction), with their places in
+    /// `config.filters`; and the places of the plugin filters.
+    tree: Arc<Node>,
+    tree_at: Vec<usize>,
+    plugin_filters_at: Vec<usize>,
 }
 
 /// What `explain` found.
@@ -234,18 +283,26 @@ impl Route {
     ) -> Result<Route, RouterError> {
         let mut errors = Vec::new();
         let mut plugin_filters = Vec::new();
+        let mut plugin_filters_at = Vec::new();
         let mut nodes: Vec<Node> = Vec::new();
+        let mut tree_at = Vec::new();
         for (i, f) in config.filters.iter().enumerate() {
             match (f, plugins) {
                 (FilterConfig::Wasm(w), Some(l)) => match l.filter(w) {
-                    Ok(p) => plugin_filters.push(p),
+                    Ok(p) => {
+                        plugin_filters.push(p);
+                        plugin_filters_at.push(i);
+                    }
                     Err(e) => errors.push(ConfigError::new(format!("filters[{i}].wasm"), e)),
                 },
                 (FilterConfig::Wasm(_), None) => errors.push(ConfigError::new(
                     format!("filters[{i}].wasm"),
                     "WASM plugins are not available here",
                 )),
-                _ => nodes.push(Node::compile(f, &format!("filters[{i}]"), &mut errors)),
+                _ => {
+                    nodes.push(Node::compile(f, &format!("filters[{i}]"), &mut errors));
+                    tree_at.push(i);
+                }
             }
         }
         let mut transforms = Vec::new();
@@ -278,13 +335,17 @@ impl Route {
             .clone()
             .or_else(|| default_delivery.cloned())
             .unwrap_or_default();
+        let tree = Arc::new(Node::All(nodes));
         Ok(Route {
             config,
             origin,
-            filter: Arc::new(Node::All(nodes)),
+            filter: tree.clone(),
             plugin_filters,
             steps: transforms,
             delivery,
+            tree,
+            tree_at,
+            plugin_filters_at,
         })
     }
 
@@ -296,9 +357,28 @@ impl Route {
         self.filter.matches(e)
     }
 
+    /// Runs each pure filter on its own (the conjunction is what [`Route::matches`] decides),
+    /// reporting each: the spans of a traced event.
+    pub fn trace_filters(&self, e: &Event, out: &mut dyn FnMut(StepRun)) {
+        let Node::All(nodes) = &*self.tree else {
+            return;
+        };
+        for (node, at) in nodes.iter().zip(&self.tree_at) {
+            let started = SystemTime::now();
+            let matched = node.matches(e);
+            out(StepRun::filter(format!("filters[{at}]"), started, matched));
+        }
+    }
+
     /// Why an event does not match, or `None` when it does.
     pub fn explain_filter(&self, e: &Event) -> Option<String> {
-        self.filter.explain(e, "")
+        let Node::All(nodes) = &*self.tree else {
+            return self.tree.explain(e, "");
+        };
+        nodes
+            .iter()
+            .zip(&self.tree_at)
+            .find_map(|(n, at)| n.explain(e, &format!("filters[{at}]")))
     }
 
     /// Whether events must go through [`Route::prepare_batch`] (plugin filters or transforms).
@@ -320,46 +400,90 @@ impl Route {
 
     /// The transform chain with routing: outputs a plugin sent to another topic carry it.
     pub fn transform_routed(&self, e: Event) -> Result<Vec<Routed>, TransformError> {
+        self.transform_traced(e, None)
+    }
+
+    /// [`Route::transform_routed`], reporting each step that ran to `trace`.
+    pub fn transform_traced(
+        &self,
+        e: Event,
+        mut trace: Option<&mut dyn FnMut(StepRun)>,
+    ) -> Result<Vec<Routed>, TransformError> {
         let mut events: Vec<Routed> = vec![(None, e)];
         for (i, t) in self.steps.iter().enumerate() {
             let mut next = Vec::with_capacity(events.len());
+            let started = SystemTime::now();
+            let mut result = Ok(());
             for (topic, ev) in events {
                 if topic.is_some() {
                     next.push((topic, ev)); // routed away: later steps do not apply
                     continue;
                 }
-                match t {
-                    Step::Builtin(b) => next.extend(
-                        b.apply(ev)
-                            .map_err(|err| TransformError(format!("transforms[{i}]: {err}")))?
-                            .into_iter()
-                            .map(|e| (None, e)),
-                    ),
-                    Step::Plugin(p) => {
-                        let mut out = p
-                            .transform_batch(&[&ev])
-                            .map_err(|err| TransformError(format!("transforms[{i}]: {err}")))?;
-                        next.extend(out.pop().unwrap_or_default());
-                    }
+                let ran = match t {
+                    Step::Builtin(b) => b
+                        .apply(ev)
+                        .map(|v| next.extend(v.into_iter().map(|e| (None, e))))
+                        .map_err(|err| err.to_string()),
+                    Step::Plugin(p) => p
+                        .transform_batch(&[&ev])
+                        .map(|mut out| next.extend(out.pop().unwrap_or_default())),
+                };
+                if let Err(err) = ran {
+                    result = Err(format!("transforms[{i}]: {err}"));
+                    break;
                 }
             }
+            if let Some(trace) = trace.as_mut() {
+                let mut run = StepRun::transform(i, started, result.as_ref().err().cloned());
+                run.plugin = self.plugin_of(t);
+                trace(run);
+            }
+            result.map_err(TransformError)?;
             events = next;
         }
         Ok(events)
+    }
+
+    fn plugin_of(&self, step: &Step) -> Option<String> {
+        match step {
+            Step::Plugin(p) => Some(p.describe()),
+            Step::Builtin(_) => None,
+        }
     }
 
     /// Runs the plugin filters, then the transform chain, over a batch of events that passed
     /// the pure filters: one plugin call per step for the whole batch. A plugin failure fails
     /// the events it was called on.
     pub fn prepare_batch(&self, events: &[&Event]) -> Vec<Prepared> {
+        self.prepare_batch_traced(events, None)
+    }
+
+    /// [`Route::prepare_batch`], reporting each step that ran on event `i` to `trace(i, ...)`
+    /// (the caller picks which events it traces).
+    pub fn prepare_batch_traced(
+        &self,
+        events: &[&Event],
+        mut trace: Option<&mut dyn FnMut(usize, StepRun)>,
+    ) -> Vec<Prepared> {
         let mut keep = vec![true; events.len()];
-        for f in &self.plugin_filters {
+        for (f, at) in self.plugin_filters.iter().zip(&self.plugin_filters_at) {
             let idx: Vec<usize> = (0..events.len()).filter(|i| keep[*i]).collect();
             if idx.is_empty() {
                 break;
             }
             let batch: Vec<&Event> = idx.iter().map(|i| events[*i]).collect();
-            match f.filter_batch(&batch) {
+            let started = SystemTime::now();
+            let result = f.filter_batch(&batch);
+            if let Some(trace) = trace.as_mut() {
+                for (k, i) in idx.iter().enumerate() {
+                    let matched = matches!(&result, Ok(bits) if bits.get(k) == Some(&true));
+                    let mut run = StepRun::filter(format!("filters[{at}]"), started, matched);
+                    run.plugin = Some(f.describe());
+                    run.error = result.as_ref().err().cloned();
+                    trace(*i, run);
+                }
+            }
+            match result {
                 Ok(bits) => {
                     for (k, i) in idx.iter().enumerate() {
                         keep[*i] = bits.get(k).copied().unwrap_or(false);
@@ -394,8 +518,12 @@ impl Route {
         for (i, step) in self.steps.iter().enumerate() {
             match step {
                 Step::Builtin(b) => {
-                    for st in state.iter_mut() {
+                    for (k, st) in state.iter_mut().enumerate() {
                         let Ok(outs) = st else { continue };
+                        if outs.is_empty() {
+                            continue; // dropped earlier
+                        }
+                        let started = SystemTime::now();
                         let mut next = Vec::with_capacity(outs.len());
                         let mut failed = None;
                         for (topic, ev) in outs.drain(..) {
@@ -410,6 +538,9 @@ impl Route {
                                     break;
                                 }
                             }
+                        }
+                        if let Some(trace) = trace.as_mut() {
+                            trace(k, StepRun::transform(i, started, failed.clone()));
                         }
                         *st = match failed {
                             Some(m) => Err(m),
@@ -433,8 +564,25 @@ impl Route {
                     if batch.is_empty() {
                         continue;
                     }
+                    let started = SystemTime::now();
                     let result = p.transform_batch(&batch);
                     drop(batch);
+                    if let Some(trace) = trace.as_mut() {
+                        let mut last = None;
+                        for &k in &owners {
+                            if last == Some(k) {
+                                continue; // one span per input event, however many outputs
+                            }
+                            last = Some(k);
+                            let error = result
+                                .as_ref()
+                                .err()
+                                .map(|m| format!("transforms[{i}]: {m}"));
+                            let mut run = StepRun::transform(i, started, error);
+                            run.plugin = Some(p.describe());
+                            trace(k, run);
+                        }
+                    }
                     match result {
                         Ok(results) => {
                             for outs in state.iter_mut().flatten() {
@@ -471,16 +619,7 @@ impl Route {
     pub fn explain(&self, e: &Event) -> Explanation {
         let mut reason = self.explain_filter(e);
         if reason.is_none() {
-            let wasm_at: Vec<usize> = self
-                .config
-                .filters
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| matches!(f, FilterConfig::Wasm(_)))
-                .map(|(i, _)| i)
-                .collect();
-            for (k, f) in self.plugin_filters.iter().enumerate() {
-                let at = wasm_at.get(k).copied().unwrap_or(k);
+            for (f, at) in self.plugin_filters.iter().zip(&self.plugin_filters_at) {
                 reason = match f.filter_batch(&[e]) {
                     Ok(bits) if bits.first() == Some(&true) => None,
                     Ok(_) => Some(format!(

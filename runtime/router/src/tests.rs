@@ -130,3 +130,131 @@ proptest! {
         }
     }
 }
+
+/// Plugins that stand in for WASM modules: the filter keeps ids starting with `k`, the
+/// transform appends `!` to the type.
+struct Plugins;
+
+struct KeepK;
+impl BatchFilter for KeepK {
+    fn filter_batch(&self, events: &[&Event]) -> Result<Vec<bool>, String> {
+        Ok(events.iter().map(|e| e.id.starts_with('k')).collect())
+    }
+    fn describe(&self) -> String {
+        "wasm filter keep-k".into()
+    }
+}
+
+struct Bang;
+impl BatchTransform for Bang {
+    fn transform_batch(&self, events: &[&Event]) -> Result<Vec<Vec<Routed>>, String> {
+        Ok(events
+            .iter()
+            .map(|e| {
+                let mut e = (*e).clone();
+                e.ty.push('!');
+                vec![(None, e)]
+            })
+            .collect())
+    }
+    fn describe(&self) -> String {
+        "wasm transform bang".into()
+    }
+}
+
+impl PluginLoader for Plugins {
+    fn filter(
+        &self,
+        _: &evmesh_core::config::WasmPluginConfig,
+    ) -> Result<Arc<dyn BatchFilter>, String> {
+        Ok(Arc::new(KeepK))
+    }
+    fn transform(
+        &self,
+        _: &evmesh_core::config::WasmPluginConfig,
+    ) -> Result<Arc<dyn BatchTransform>, String> {
+        Ok(Arc::new(Bang))
+    }
+}
+
+/// A subscription of a pure filter, a plugin filter and another pure filter, then a built-in
+/// and a plugin transform.
+fn mixed_route() -> Route {
+    let mut s = sub(
+        filters(json!([
+            {"exact": {"type": "t"}},
+            {"wasm": {"uses": "keep-k.wasm"}},
+            {"prefix": {"source": "/s"}},
+        ])),
+        None,
+    );
+    s.transforms = serde_json::from_value(json!([
+        {"set": {"type": "t2"}},
+        {"wasm": {"uses": "bang.wasm"}},
+    ]))
+    .unwrap();
+    Route::compile_with(s, Origin::Config, None, Some(&Plugins)).unwrap()
+}
+
+fn runs(f: impl FnOnce(&mut dyn FnMut(StepRun))) -> Vec<(String, Option<bool>, bool)> {
+    let mut out = Vec::new();
+    f(&mut |r: StepRun| {
+        assert!(r.ended >= r.started);
+        out.push((r.path, r.matched, r.plugin.is_some()))
+    });
+    out
+}
+
+#[test]
+fn each_filter_and_transform_step_is_reported_with_its_place() {
+    let r = mixed_route();
+    let ok = Event::new("k1", "/s", "t");
+    // The pure filters one by one, numbered as in the config (the plugin filter is [1]).
+    assert_eq!(
+        runs(|t| r.trace_filters(&Event::new("k1", "/x", "t"), t)),
+        [
+            ("filters[0]".to_owned(), Some(true), false),
+            ("filters[2]".to_owned(), Some(false), false)
+        ]
+    );
+    // The transform chain, step by step.
+    let mut out = None;
+    let steps = runs(|t| out = Some(r.transform_traced(ok.clone(), Some(t))));
+    assert_eq!(
+        steps,
+        [
+            ("transforms[0]".to_owned(), None, false),
+            ("transforms[1]".to_owned(), None, true)
+        ]
+    );
+    assert_eq!(out.unwrap().unwrap()[0].1.ty, "t2!");
+    // A batch: the plugin filter reports on every event it saw; the transforms only on the
+    // events that passed it.
+    let dropped = Event::new("x2", "/s", "t");
+    let mut seen: Vec<(usize, String, Option<bool>)> = Vec::new();
+    let prepared = r.prepare_batch_traced(
+        &[&ok, &dropped],
+        Some(&mut |i, run: StepRun| seen.push((i, run.path, run.matched))),
+    );
+    assert!(matches!(&prepared[0], Prepared::Outputs(o) if o[0].1.ty == "t2!"));
+    assert!(matches!(prepared[1], Prepared::Skip));
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (0, "filters[1]".to_owned(), Some(true)),
+            (0, "transforms[0]".to_owned(), None),
+            (0, "transforms[1]".to_owned(), None),
+            (1, "filters[1]".to_owned(), Some(false)),
+        ]
+    );
+    // Reasons name the filter's place in the config too.
+    assert_eq!(
+        r.explain(&Event::new("k1", "/x", "t")).reason.as_deref(),
+        Some("filters[2].prefix.source: \"/x\" does not start with \"/s\"")
+    );
+    assert_eq!(
+        r.explain(&Event::new("x1", "/s", "t")).reason.as_deref(),
+        Some("filters[1].wasm: wasm filter keep-k rejected the event")
+    );
+}
