@@ -315,7 +315,7 @@ impl EventLog for EmbeddedLog {
             let topic = topic?;
             if lens.is_empty() {
                 return Ok(AppendAck {
-                    first: topic.durable_end(),
+                    first: topic.visible_end(),
                     count: 0,
                 });
             }
@@ -468,7 +468,7 @@ impl Housekeeping for EmbeddedLog {
     }
 
     fn end(&self, topic: &str) -> u64 {
-        self.topic(topic).map_or(0, |t| t.durable_end())
+        self.topic(topic).map_or(0, |t| t.visible_end())
     }
 
     fn usage(&self) -> Vec<TopicUsage> {

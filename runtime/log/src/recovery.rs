@@ -130,7 +130,7 @@ pub(crate) fn raise_to_cursors(
         if safe_component(&name).is_err() {
             continue;
         }
-        let end = topics.get(&name).map_or(0, |t| t.durable_end());
+        let end = topics.get(&name).map_or(0, |t| t.visible_end());
         if cursor <= end {
             continue;
         }

@@ -263,6 +263,37 @@ fn concurrent_appends_share_commits_and_get_distinct_offsets() {
 }
 
 #[test]
+fn interval_fsync_hands_rounds_to_its_thread_and_close_waits_for_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = LogOptions {
+        fsync: FsyncPolicy::Interval,
+        ..opts(dir.path(), 4096)
+    };
+    rt().block_on(async {
+        let s = EmbeddedLog::open(o.clone(), &state(dir.path())).unwrap();
+        // Ten topics (one syncfs a round) and one (an fdatasync), small segments (sealed ones
+        // in the rounds), across many 5 ms intervals.
+        for round in 0..20 {
+            for t in 0..10 {
+                s.append(&format!("t{t}"), &[ev(round)]).await.unwrap();
+            }
+            s.append("solo", &[ev(round), ev(round + 100)])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        s.close().await;
+    });
+    let s = EmbeddedLog::open(o, &state(dir.path())).unwrap();
+    for t in 0..10 {
+        let got = read_all(&s, &format!("t{t}"));
+        assert_eq!(got.len(), 20, "t{t}");
+        assert!(got.iter().enumerate().all(|(i, e)| e.offset == i as u64));
+    }
+    assert_eq!(read_all(&s, "solo").len(), 40);
+}
+
+#[test]
 fn garbage_collection_keeps_what_a_cursor_still_needs() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {

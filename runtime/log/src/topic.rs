@@ -1,4 +1,4 @@
-//! A topic in memory: its segments' index and its durable end; and reading it.
+//! A topic in memory: its segments' index and its visible end; and reading it.
 
 use crate::codec;
 use crate::segment::Segment;
@@ -137,13 +137,13 @@ impl Topic {
         }
     }
 
-    pub(crate) fn durable_end(&self) -> u64 {
+    pub(crate) fn visible_end(&self) -> u64 {
         *self.end.borrow()
     }
 }
 
 pub(crate) fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, StoreError> {
-    let durable = t.durable_end();
+    let end = t.visible_end();
     let (seg, from, to) = {
         let log = t.log.read().map_err(|_| lock_poisoned())?;
         let mut from = from;
@@ -159,16 +159,16 @@ pub(crate) fn read_topic(t: &Topic, from: u64, max: usize) -> Result<ReadBatch, 
             }
         }
         let Some(s) = found else {
-            // Nothing at or after `from` below the durable end: a gap (quarantined or lost
+            // Nothing at or after `from` below the visible end: a gap (quarantined or lost
             // offsets) up to the end, which the reader skips.
             return Ok(ReadBatch {
                 events: Vec::new(),
-                next: from.max(durable),
+                next: from.max(end),
             });
         };
         let to = s
             .next()
-            .min(durable)
+            .min(end)
             .min(from + max as u64)
             .min(s.byte_limit(from));
         if to <= from {

@@ -8,7 +8,8 @@ use evmesh_store::{lock_poisoned, AppendAck, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,12 +62,123 @@ impl Dirty {
     }
 }
 
+/// Makes files durable: one `syncfs` for many (the data folder's file system), else an
+/// `fdatasync` each.
+fn sync_files(files: &[Arc<File>]) -> Result<(), String> {
+    if files.len() >= SYNCFS_FROM {
+        // Many files: one flush of the file system is one journal commit, where an
+        // fdatasync per file is one each (100 topics in a commit: 100 commits).
+        return rustix::fs::syncfs(&*files[0])
+            .map_err(|e| format!("syncfs of the data folder: {e}"));
+    }
+    for f in files {
+        f.sync_data()
+            .map_err(|e| format!("fdatasync of a segment: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Publishers waiting for a commit's fsync: each with its answer.
+type Replies = Vec<(
+    oneshot::Sender<Result<AppendAck, StoreError>>,
+    Result<AppendAck, StoreError>,
+)>;
+
+/// Files to make durable, and the publishers to answer once they are.
+struct Round {
+    files: Vec<Arc<File>>,
+    replies: Replies,
+}
+
+/// The sync thread: makes written commits durable while the writer goes on writing the next
+/// ones (a pipelined group commit). Under `always` each commit hands its files and its
+/// publishers' answers over; under `interval`, each interval's files. The thread takes every
+/// round waiting, syncs their files once, then answers their publishers. So readers, which see
+/// a commit once it is written, never wait for a disk flush, and a slow fsync (a disk stall)
+/// holds up answers, not the writing and delivery of later events. After a failed fsync every
+/// later round fails too (the file's state is unknown), and the writer refuses new appends.
+struct Syncer {
+    tx: Option<std_mpsc::Sender<Round>>,
+    thread: Option<JoinHandle<()>>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Syncer {
+    fn start() -> Option<Syncer> {
+        let (tx, rx) = std_mpsc::channel::<Round>();
+        let failed = Arc::new(Mutex::new(None));
+        let f2 = failed.clone();
+        let thread = std::thread::Builder::new()
+            .name("evmesh-log-sync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut rounds = vec![first];
+                    rounds.extend(rx.try_iter());
+                    let mut files: Vec<Arc<File>> = Vec::new();
+                    for f in rounds.iter_mut().flat_map(|r| r.files.drain(..)) {
+                        if !files.iter().any(|g| Arc::ptr_eq(g, &f)) {
+                            files.push(f);
+                        }
+                    }
+                    let earlier = f2.lock().ok().and_then(|f| f.clone());
+                    let outcome = match earlier {
+                        Some(why) => Err(why),
+                        None => sync_files(&files),
+                    };
+                    if let Err(why) = &outcome {
+                        tracing::error!(reason = %why, "the log's fsync failed; further publishes are refused until evmesh restarts");
+                        if let Ok(mut f) = f2.lock() {
+                            f.get_or_insert(why.clone());
+                        }
+                    }
+                    for (reply, r) in rounds.into_iter().flat_map(|r| r.replies) {
+                        let r = match &outcome {
+                            Ok(()) => r,
+                            Err(why) => Err(StoreError::Failed(why.clone())),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the log's sync thread; the writer syncs itself"))
+            .ok()?;
+        Some(Syncer {
+            tx: Some(tx),
+            thread: Some(thread),
+            failed,
+        })
+    }
+
+    /// Hands a round over (given back when the thread has stopped).
+    fn send(&self, round: Round) -> Result<(), Round> {
+        match &self.tx {
+            Some(tx) => tx.send(round).map_err(|e| e.0),
+            None => Err(round),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Waits for the rounds handed over so far.
+    fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub(crate) struct Writer {
     opts: LogOptions,
     active: HashMap<String, Active>,
     /// Set after a failed write or fsync: the file's state is unknown, so every later append
     /// is refused until a restart re-reads the log (PostgreSQL's lesson from "fsyncgate").
     failed: Option<String>,
+    /// The sync thread (none under `fsync: never`, or when it could not start: the writer
+    /// then syncs itself).
+    syncer: Option<Syncer>,
 }
 
 impl Writer {
@@ -75,6 +187,7 @@ impl Writer {
             opts,
             active: HashMap::new(),
             failed: None,
+            syncer: None,
         }
     }
 
@@ -91,6 +204,9 @@ impl Writer {
         };
         let mut dirty = Dirty::default();
         let mut last_sync = Instant::now();
+        if self.opts.fsync != FsyncPolicy::Never {
+            self.syncer = Syncer::start();
+        }
         rt.block_on(async {
             loop {
                 let msg = if self.opts.fsync == FsyncPolicy::Interval && !dirty.is_empty() {
@@ -98,7 +214,7 @@ impl Writer {
                     match tokio::time::timeout(wait, rx.recv()).await {
                         Ok(m) => m,
                         Err(_) => {
-                            self.sync_dirty(&mut dirty);
+                            self.sync_interval(&mut dirty);
                             last_sync = Instant::now();
                             continue;
                         }
@@ -124,11 +240,14 @@ impl Writer {
                     }
                 }
                 if !batch.is_empty() {
+                    if let Some(why) = self.syncer.as_ref().and_then(Syncer::failure) {
+                        self.fail(why);
+                    }
                     self.commit(batch, &mut dirty);
                     if self.opts.fsync == FsyncPolicy::Interval
                         && last_sync.elapsed() >= self.opts.fsync_interval
                     {
-                        self.sync_dirty(&mut dirty);
+                        self.sync_interval(&mut dirty);
                         last_sync = Instant::now();
                     }
                 }
@@ -139,42 +258,59 @@ impl Writer {
                 }
                 if let Some(tx) = close {
                     self.sync_dirty(&mut dirty);
+                    if let Some(s) = self.syncer.as_mut() {
+                        s.finish();
+                    }
                     let _ = tx.send(());
                     break;
                 }
             }
         });
         self.sync_dirty(&mut dirty);
+        if let Some(s) = self.syncer.as_mut() {
+            s.finish();
+        }
+    }
+
+    /// The interval's round, handed to the sync thread.
+    fn sync_interval(&mut self, dirty: &mut Dirty) {
+        let files = self.dirty_files(dirty);
+        if files.is_empty() {
+            return;
+        }
+        let round = Round {
+            files,
+            replies: Vec::new(),
+        };
+        if let Some(round) = self.hand_over(round) {
+            if let Err(why) = sync_files(&round.files) {
+                self.fail(why);
+            }
+        }
+    }
+
+    /// Gives a round to the sync thread; back when there is none running.
+    fn hand_over(&self, round: Round) -> Option<Round> {
+        match &self.syncer {
+            Some(s) => s.send(round).err(),
+            None => Some(round),
+        }
+    }
+
+    fn dirty_files(&self, dirty: &mut Dirty) -> Vec<Arc<File>> {
+        let mut files: Vec<Arc<File>> = dirty.sealed.drain(..).collect();
+        for t in dirty.topics.drain() {
+            if let Some(a) = self.active.get(&t) {
+                files.push(a.file.clone());
+            }
+        }
+        files
     }
 
     fn sync_dirty(&mut self, dirty: &mut Dirty) {
-        if dirty.sealed.len() + dirty.topics.len() >= SYNCFS_FROM {
-            let anchor = dirty
-                .topics
-                .iter()
-                .find_map(|t| self.active.get(t))
-                .map(|a| a.file.clone())
-                .or_else(|| dirty.sealed.first().cloned());
-            if let Some(f) = anchor {
-                dirty.sealed.clear();
-                dirty.topics.clear();
-                if let Err(e) = rustix::fs::syncfs(&*f) {
-                    self.fail(format!("syncfs of the data folder: {e}"));
-                }
-                return;
-            }
-        }
-        for f in dirty.sealed.drain(..) {
-            if let Err(e) = f.sync_data() {
-                self.fail(format!("fdatasync of a sealed segment: {e}"));
-            }
-        }
-        for t in dirty.topics.drain() {
-            if let Some(a) = self.active.get(&t) {
-                if let Err(e) = a.file.sync_data() {
-                    self.fail(format!("fdatasync of topic {t}: {e}"));
-                }
-            }
+        let files = self.dirty_files(dirty);
+        if let Err(why) = sync_files(&files) {
+            self.fail(why);
         }
     }
 
@@ -187,7 +323,7 @@ impl Writer {
         if !self.active.contains_key(&t.name) {
             fs::create_dir_all(&t.dir)
                 .map_err(|e| StoreError::io(format!("creating {}", t.dir.display()), e))?;
-            let next = t.durable_end();
+            let next = t.visible_end();
             let reuse = {
                 let log = t.log.read().map_err(|_| lock_poisoned())?;
                 log.last()
@@ -296,36 +432,6 @@ impl Writer {
                 a.buf.clear();
             }
         }
-        if failure.is_none() && self.opts.fsync == FsyncPolicy::Always {
-            let anchor = touched
-                .first()
-                .and_then(|n| self.active.get(n))
-                .map(|a| a.file.clone())
-                .or_else(|| sealed.first().cloned());
-            if let (true, Some(f)) = (sealed.len() + touched.len() >= SYNCFS_FROM, anchor) {
-                // Many files: one flush of the file system is one journal commit, where an
-                // fdatasync per file is one each (100 topics in a commit: 100 commits).
-                if let Err(e) = rustix::fs::syncfs(&*f) {
-                    failure = Some(format!("syncfs of the data folder: {e}"));
-                }
-            } else {
-                for f in &sealed {
-                    if let Err(e) = f.sync_data() {
-                        failure = Some(format!("fdatasync of a sealed segment: {e}"));
-                    }
-                }
-                for name in &touched {
-                    if let Some(a) = self.active.get(name) {
-                        if let Err(e) = a.file.sync_data() {
-                            failure = Some(format!("fdatasync of topic {name}: {e}"));
-                        }
-                    }
-                }
-            }
-        } else if failure.is_none() {
-            dirty.sealed.extend(sealed);
-            dirty.topics.extend(touched);
-        }
         if let Some(why) = failure {
             // Nothing of this group is acknowledged or made visible.
             self.fail(why.clone());
@@ -334,6 +440,50 @@ impl Writer {
             }
             return;
         }
+        // Written: readers may deliver the records while the fsync runs (they are in the page
+        // cache, which a crash of the process keeps). Publishers are answered only after it.
+        // Were the fsync to fail, the publishers get an error and retry (at least once), and a
+        // restart reads back whatever of the group reached the disk, as it would anyway.
+        self.publish(index);
+        let replies: Replies = batch
+            .into_iter()
+            .map(|req| req.reply)
+            .zip(results)
+            .collect();
+        if self.opts.fsync != FsyncPolicy::Always {
+            dirty.sealed.extend(sealed);
+            dirty.topics.extend(touched);
+            for (reply, r) in replies {
+                let _ = reply.send(r);
+            }
+            return;
+        }
+        let mut files = sealed;
+        files.extend(
+            touched
+                .iter()
+                .filter_map(|n| self.active.get(n))
+                .map(|a| a.file.clone()),
+        );
+        let round = Round { files, replies };
+        let Some(round) = self.hand_over(round) else {
+            return;
+        };
+        // No sync thread: sync here.
+        let outcome = sync_files(&round.files);
+        if let Err(why) = &outcome {
+            self.fail(why.clone());
+        }
+        for (reply, r) in round.replies {
+            let _ = reply.send(match &outcome {
+                Ok(()) => r,
+                Err(why) => Err(StoreError::Failed(why.clone())),
+            });
+        }
+    }
+
+    /// Makes a commit's records visible to readers: the index first, then the topic's end.
+    fn publish(&self, index: IndexUpdates) {
         for (topic, updates, next) in index {
             if let Ok(mut log) = topic.log.write() {
                 for (base, positions, end) in updates {
@@ -344,9 +494,6 @@ impl Writer {
                 }
             }
             topic.end.send_replace(next);
-        }
-        for (req, r) in batch.into_iter().zip(results) {
-            let _ = req.reply.send(r);
         }
     }
 
