@@ -114,12 +114,13 @@ impl Syncer {
                 while let Ok(first) = rx.recv() {
                     let mut rounds = vec![first];
                     rounds.extend(rx.try_iter());
-                    let mut files: Vec<Arc<File>> = Vec::new();
-                    for f in rounds.iter_mut().flat_map(|r| r.files.drain(..)) {
-                        if !files.iter().any(|g| Arc::ptr_eq(g, &f)) {
-                            files.push(f);
-                        }
-                    }
+                    // Each file once (the same topic's segment is in many commits).
+                    let mut seen = HashSet::new();
+                    let files: Vec<Arc<File>> = rounds
+                        .iter_mut()
+                        .flat_map(|r| r.files.drain(..))
+                        .filter(|f| seen.insert(Arc::as_ptr(f)))
+                        .collect();
                     let earlier = f2.lock().ok().and_then(|f| f.clone());
                     let outcome = match earlier {
                         Some(why) => Err(why),
