@@ -6,7 +6,7 @@
 //! mode unless said otherwise), delivered to a local webhook receiver that counts them and the
 //! one-way latency each carries (`ce-benchts`).
 
-use crate::{evmesh_exe, percentile_ms, spawn, stop_graceful, wait_addr, BenchArgs};
+use crate::{percentile_ms, stop_graceful, BenchArgs};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -246,32 +246,18 @@ fn server(
     config: &str,
     env: &[(&str, &str)],
 ) -> Result<(Child, SocketAddr, SocketAddr)> {
-    let data = dir.join(name);
-    let _ = std::fs::remove_dir_all(&data);
-    let cfg = dir.join(format!("{name}.yaml"));
-    std::fs::write(&cfg, config)?;
     let admin = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
     };
     let admin_s = admin.to_string();
+    // A known admin port (sampled during the run) and no TCP listener; later settings win.
     let mut all = vec![
-        ("EVMESH_SERVER__HTTP", "127.0.0.1:0"),
         ("EVMESH_SERVER__ADMIN", admin_s.as_str()),
         ("EVMESH_SERVER__TCP", "off"),
     ];
     all.extend_from_slice(env);
-    let (data_s, cfg_s) = (data.display().to_string(), cfg.display().to_string());
-    let mut child = spawn(
-        &evmesh_exe(args)?,
-        &["serve", "--config", &cfg_s, "--data-dir", &data_s],
-        &all,
-    )?;
-    let addr = wait_addr(
-        &mut child,
-        "http ingest listening on ",
-        Some("evmesh ready"),
-    )?;
+    let (child, addr) = crate::evmesh(args, dir, name, &all, config)?;
     Ok((child, addr, admin))
 }
 

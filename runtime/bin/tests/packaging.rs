@@ -176,21 +176,7 @@ async fn the_dockerfile_builds_evmesh_and_starts_it_as_a_non_root_user_on_its_vo
 }
 
 fn helm() -> PathBuf {
-    let bin = std::env::var_os("HELM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let out = Command::new(repo().join("scripts/helm.sh"))
-                .arg("path")
-                .output()
-                .unwrap();
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        });
-    assert!(
-        bin.is_file(),
-        "Helm is not installed at {}: run scripts/helm.sh install (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
+    cached_tool("HELM_BIN", "helm.sh")
 }
 
 fn helm_run(args: &[&str]) -> std::process::Output {

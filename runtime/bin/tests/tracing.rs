@@ -18,24 +18,6 @@ struct Collector {
     out: PathBuf,
 }
 
-fn collector_bin() -> PathBuf {
-    let bin = std::env::var_os("OTEL_COLLECTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let out = Command::new(repo_dir().join("scripts/otel-collector.sh"))
-                .arg("path")
-                .output()
-                .unwrap();
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        });
-    assert!(
-        bin.is_file(),
-        "the OpenTelemetry collector is not installed at {}: run scripts/otel-collector.sh install (scripts/test.sh does)",
-        bin.display()
-    );
-    bin
-}
-
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -47,7 +29,7 @@ impl Collector {
     fn start(dir: &Path) -> Collector {
         let (http, grpc) = (free_addr(), free_addr());
         let out = dir.join("collector.out");
-        let child = Command::new(collector_bin())
+        let child = Command::new(cached_tool("OTEL_COLLECTOR_BIN", "otel-collector.sh"))
             .arg("start")
             .args(["--otlp-http-endpoint", &http.to_string()])
             .args(["--otlp-grpc-endpoint", &grpc.to_string()])

@@ -36,9 +36,9 @@ pub(crate) async fn deliver(
             return deliver_one(ctx, offset, &event, attempts).await
         }
         None => {
-            let routed = if traced(&event) {
+            let routed = if let Some(parent) = sampled_parent(&event) {
                 let name = ctx.route.name();
-                let mut trace = |run| step_run_span(name, &event, run);
+                let mut trace = |run| step_run_span(name, &event, &parent, run);
                 ctx.route
                     .transform_traced((*event).clone(), Some(&mut trace))
             } else {
@@ -263,25 +263,18 @@ async fn deliver_one(
 }
 
 /// The event's sampled trace context, when tracing is on: its filters, transforms and
-/// attempts get spans.
-fn sampled_parent(event: &Event) -> Option<TraceContext> {
+/// attempts get spans, children of it.
+pub(crate) fn sampled_parent(event: &Event) -> Option<TraceContext> {
     if !evmesh_telemetry::enabled() {
         return None;
     }
     attempt_context(event).0.filter(|p| p.sampled)
 }
 
-/// Whether the event's steps get spans (tracing on, its context sampled).
-pub(crate) fn traced(event: &Event) -> bool {
-    sampled_parent(event).is_some()
-}
-
 /// Records the span of one filter or transform of subscription `name` that ran on a traced
-/// event (`filter <name>`, `transform <name>`): a child of the event's context.
-pub(crate) fn step_run_span(name: &str, event: &Event, run: StepRun) {
-    let Some(parent) = sampled_parent(event) else {
-        return;
-    };
+/// event (`filter <name>`, `transform <name>`): a child of `parent`, the event's sampled
+/// context.
+pub(crate) fn step_run_span(name: &str, event: &Event, parent: &TraceContext, run: StepRun) {
     let mut attributes = vec![
         ("evmesh.subscription", Attr::Str(name.to_owned())),
         ("evmesh.step", Attr::Str(run.path)),

@@ -217,11 +217,15 @@ impl TopicFanout {
             for se in &batch.events {
                 matched.clear();
                 index.matching(&se.event, &mut matched);
-                if tracing && crate::attempt::traced(&se.event) {
+                let parent = tracing
+                    .then(|| crate::attempt::sampled_parent(&se.event))
+                    .flatten();
+                if let Some(parent) = parent {
                     // Each subscription's filters, one span each, on traced events.
                     for route in index.routes() {
-                        let mut trace =
-                            |run| crate::attempt::step_run_span(route.name(), &se.event, run);
+                        let mut trace = |run| {
+                            crate::attempt::step_run_span(route.name(), &se.event, &parent, run)
+                        };
                         route.trace_filters(&se.event, &mut trace);
                     }
                 }

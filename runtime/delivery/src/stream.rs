@@ -321,9 +321,14 @@ impl Stream {
                                     return true;
                                 }
                                 let route = &self.ctx.route;
-                                if crate::attempt::traced(&se.event) {
+                                if let Some(parent) = crate::attempt::sampled_parent(&se.event) {
                                     let mut trace = |run| {
-                                        crate::attempt::step_run_span(route.name(), &se.event, run)
+                                        crate::attempt::step_run_span(
+                                            route.name(),
+                                            &se.event,
+                                            &parent,
+                                            run,
+                                        )
                                     };
                                     route.trace_filters(&se.event, &mut trace);
                                 }
@@ -391,13 +396,17 @@ impl Stream {
             let route = self.ctx.route.clone();
             let prepared = tokio::task::block_in_place(|| {
                 let refs: Vec<&Event> = events.iter().map(|se| &*se.event).collect();
-                if !refs.iter().any(|e| crate::attempt::traced(e)) {
+                let parents: Vec<_> = refs
+                    .iter()
+                    .map(|e| crate::attempt::sampled_parent(e))
+                    .collect();
+                if parents.iter().all(Option::is_none) {
                     return route.prepare_batch(&refs);
                 }
                 // Each plugin filter and transform that ran on a traced event: a span.
                 let mut trace = |i: usize, run| {
-                    if let Some(e) = refs.get(i) {
-                        crate::attempt::step_run_span(route.name(), e, run);
+                    if let (Some(e), Some(Some(p))) = (refs.get(i), parents.get(i)) {
+                        crate::attempt::step_run_span(route.name(), e, p, run);
                     }
                 };
                 route.prepare_batch_traced(&refs, Some(&mut trace))

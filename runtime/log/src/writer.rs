@@ -8,7 +8,7 @@ use evmesh_store::{lock_poisoned, AppendAck, StoreError};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -100,13 +100,13 @@ struct Round {
 struct Syncer {
     tx: Option<std_mpsc::Sender<Round>>,
     thread: Option<JoinHandle<()>>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<OnceLock<String>>,
 }
 
 impl Syncer {
     fn start() -> Option<Syncer> {
         let (tx, rx) = std_mpsc::channel::<Round>();
-        let failed = Arc::new(Mutex::new(None));
+        let failed = Arc::new(OnceLock::<String>::new());
         let f2 = failed.clone();
         let thread = std::thread::Builder::new()
             .name("evmesh-log-sync".into())
@@ -121,15 +121,13 @@ impl Syncer {
                         .flat_map(|r| r.files.drain(..))
                         .filter(|f| seen.insert(Arc::as_ptr(f)))
                         .collect();
-                    let earlier = f2.lock().ok().and_then(|f| f.clone());
-                    let outcome = match earlier {
-                        Some(why) => Err(why),
+                    let outcome = match f2.get() {
+                        Some(why) => Err(why.clone()),
                         None => sync_files(&files),
                     };
                     if let Err(why) = &outcome {
-                        tracing::error!(reason = %why, "the log's fsync failed; further publishes are refused until evmesh restarts");
-                        if let Ok(mut f) = f2.lock() {
-                            f.get_or_insert(why.clone());
+                        if f2.set(why.clone()).is_ok() {
+                            tracing::error!(reason = %why, "the log's fsync failed; further publishes are refused until evmesh restarts");
                         }
                     }
                     for (reply, r) in rounds.into_iter().flat_map(|r| r.replies) {
@@ -158,8 +156,8 @@ impl Syncer {
         }
     }
 
-    fn failure(&self) -> Option<String> {
-        self.failed.lock().ok().and_then(|f| f.clone())
+    fn failure(&self) -> Option<&String> {
+        self.failed.get()
     }
 
     /// Waits for the rounds handed over so far.
@@ -241,7 +239,8 @@ impl Writer {
                     }
                 }
                 if !batch.is_empty() {
-                    if let Some(why) = self.syncer.as_ref().and_then(Syncer::failure) {
+                    let synced = self.syncer.as_ref().and_then(Syncer::failure);
+                    if let (None, Some(why)) = (&self.failed, synced.cloned()) {
                         self.fail(why);
                     }
                     self.commit(batch, &mut dirty);

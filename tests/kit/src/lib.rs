@@ -32,6 +32,27 @@ pub fn repo_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A tool the suite installs into the cache (Helm, the OpenTelemetry collector): `$env` when
+/// set (scripts/test.sh sets it), else the path `scripts/<script> path` prints. Fails, naming
+/// the script to run, when it is not installed.
+pub fn cached_tool(env: &str, script: &str) -> PathBuf {
+    let script = repo_dir().join("scripts").join(script);
+    let bin = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| {
+        let out = Command::new(&script)
+            .arg("path")
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    });
+    assert!(
+        bin.is_file(),
+        "{} is not installed: run {} install (scripts/test.sh does)",
+        bin.display(),
+        script.display()
+    );
+    bin
+}
+
 /// The `evmesh` binary under test: `$EVMESH_BIN`, or the one nextest names, or the one cargo
 /// built beside the running test (`target/<profile>/evmesh`).
 /// Builds every example WASM plugin from source (once per run; cargo makes concurrent builds
